@@ -1,0 +1,39 @@
+"""The registries, and the built-in entries declared lazily (as data) so that listing imports nothing heavy."""
+
+from __future__ import annotations
+
+from harness.api import Backbone, Dataset, Task
+from harness.registry import Registry
+
+BACKBONES: Registry[type[Backbone]] = Registry("backbone", Backbone, "harness.backbones")
+TASKS: Registry[type[Task]] = Registry("task", Task, "harness.tasks")
+DATASETS: Registry[type[Dataset]] = Registry("dataset", Dataset, "harness.datasets")
+
+register_backbone = BACKBONES.register
+register_task = TASKS.register
+register_dataset = DATASETS.register
+
+# Built-in backbones: the class lives in a module that imports torch; its variant cards live in
+# `backbones.cards`, which does not, so `harness list backbones` can describe them cheaply.
+BACKBONES.add_lazy("resnet", "backbones.resnet:ResNetBackbone", cards="backbones.cards:RESNET",
+                   description="timm ResNet (ResNet-50 default, ResNet-101; tiny random-init for tests)")
+
+TASKS.add_lazy("fsc", "tasks.fsc.task:FewShotClassification",
+               description="few-shot classification, CoOp 11-dataset protocol (linear probe)")
+
+_FSC_DATASETS = {
+    "mini_coop": "MiniCoOp",
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "OxfordFlowers",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DTD",
+    "eurosat": "EuroSAT",
+    "ucf101": "UCF101",
+}
+for _name, _cls in _FSC_DATASETS.items():
+    DATASETS.add_lazy(_name, f"tasks.fsc.datasets:{_cls}", task="fsc")

@@ -1,0 +1,40 @@
+"""One exception family, so the CLI can print any user-facing error as one line without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HarnessError(Exception):
+    """Base class: the message says what went wrong, where, and how to fix it."""
+
+
+class UnknownNameError(HarnessError, KeyError):
+    """A name that is not in a registry; the message lists close matches."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(known) or '(none)'}"
+        super().__init__(f"unknown {kind} '{name}'; {hint}")
+        self.kind, self.name, self.close = kind, name, close
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ConfigError(HarnessError):
+    """A config file or value that does not validate; names the key."""
+
+
+class DataMissingError(HarnessError):
+    """A dataset that is not prepared, or a tree with a missing or malformed file."""
+
+
+class WeightsMissingError(HarnessError):
+    """Pretrained weights that are not present locally (offline); names the id and the fetch command."""
+
+
+class PluginError(HarnessError):
+    """A plug-in entry point that cannot be loaded or has the wrong type."""

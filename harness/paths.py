@@ -1,0 +1,21 @@
+"""Where things live; every location honours its environment variable (DESIGN.md, Conventions)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def harness_home() -> Path:
+    """Run records, the default MLflow store and persisted few-shot splits: `HARNESS_HOME` or `./.harness`."""
+    return Path(os.environ.get("HARNESS_HOME") or Path.cwd() / ".harness").expanduser().resolve()
+
+
+def data_root() -> Path:
+    """Prepared datasets: `HARNESS_DATA` or `~/.cache/harness/data`."""
+    return Path(os.environ.get("HARNESS_DATA") or Path.home() / ".cache" / "harness" / "data").expanduser()
+
+
+def cache_root() -> Path:
+    """Feature and caption caches: `HARNESS_CACHE` or `~/.cache/harness/cache`."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness" / "cache").expanduser()
