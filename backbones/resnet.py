@@ -1,0 +1,133 @@
+"""timm ResNets as frozen feature extractors: pooled pre-logits (global) and the four stage maps (dense).
+
+The model is always built from timm's architecture with `pretrained=False` and then filled from the
+file that `harness.weights` resolved, so the harness (not timm's downloader) decides where weights come
+from and fingerprints them. Preprocessing is timm's own data config for the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import timm
+import timm.data
+import torch
+
+from backbones.cards import RESNET
+from harness.api import Backbone, Features
+from harness.catalog import register_backbone
+from harness.errors import ConfigError, HarnessError
+from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from harness.config import BackboneConfig
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The keys of a timm pretrained_cfg that change preprocessing (what resolve_model_data_config reads).
+_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _weights_data_cfg(path: Path | None) -> dict[str, Any]:
+    """The preprocessing keys of a timm `config.json` beside the weights, as timm's own hf-hub loader uses."""
+    cfg_path = path.parent / "config.json" if path is not None else None
+    if cfg_path is None or not cfg_path.is_file():
+        return {}
+    try:
+        pretrained = json.loads(cfg_path.read_text()).get("pretrained_cfg") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained.items() if k in _DATA_KEYS}
+
+
+@register_backbone("resnet")
+class ResNetBackbone(Backbone):
+    """A timm ResNet with the classifier removed (`num_classes=0`), in eval mode, gradients off."""
+
+    name = "resnet"
+    variants = RESNET
+    default_variant = "resnet50"
+    feature_kinds = ("global", "dense")
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__(config)
+        if config.dtype not in _DTYPES:
+            raise ConfigError(f"backbone.dtype must be one of {', '.join(_DTYPES)}, got '{config.dtype}'")
+        self.device = torch.device(config.device)
+        self.weights: ResolvedWeights = resolve_weights(config.weights or self.card.weights, seed=config.seed)
+        # Preprocessing: timm's cfg for the arch < the weights' config.json < the card's overlay.
+        card_overlay = self.card.extra.get("pretrained_cfg_overlay", {})
+        overlay = {**_weights_data_cfg(self.weights.path), **card_overlay}
+        with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+            torch.manual_seed(config.seed)
+            model = timm.create_model(self.card.arch, pretrained=False, num_classes=0,
+                                      pretrained_cfg_overlay=overlay or None)
+        if self.weights.path is not None:
+            self._load(model, self.weights.path)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.data_config: dict[str, Any] = dict(timm.data.resolve_model_data_config(model))
+        self._transform = timm.data.create_transform(**self.data_config, is_training=False)
+
+    @staticmethod
+    def _load(model: torch.nn.Module, path: Path) -> None:
+        """Strict load, except the classifier (`fc.*`), which `num_classes=0` removed on purpose."""
+        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch: weights of another architecture
+            raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
+        if result.missing_keys or result.unexpected_keys:
+            missing, unexpected = result.missing_keys, result.unexpected_keys
+            raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
+                               f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+
+    @classmethod
+    def weights_fingerprint(cls, config: BackboneConfig) -> str:
+        """The weights identity without building the model (for the planner's job keys)."""
+        card = cls.variants[config.variant or cls.default_variant]
+        return resolve_weights(config.weights or card.weights, seed=config.seed).fingerprint
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> [B, 3, H, W] on the CPU (resize, crop, normalise as timm's config says)."""
+        return torch.stack([self._transform(im if im.mode == "RGB" else im.convert("RGB")) for im in images])
+
+    def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
+        """One forward pass for any mix of kinds; features come back as fp32 whatever the compute dtype."""
+        unknown = set(kinds) - set(self.feature_kinds)
+        if unknown:
+            raise HarnessError(f"backbone 'resnet' has no feature kind(s) {sorted(unknown)}; "
+                               f"known: {', '.join(self.feature_kinds)}")
+        dtype = _DTYPES[self.config.dtype]
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        with torch.inference_mode(), autocast:
+            x = batch.to(self.device, non_blocking=True)
+            out = Features()
+            if "dense" in kinds:
+                last, maps = self.model.forward_intermediates(x, indices=[1, 2, 3, 4])  # 0 is the stem
+                out.dense = {name: m.float() for name, m in zip(STAGES, maps, strict=True)}
+            else:
+                last = self.model.forward_features(x)
+            if "global" in kinds:
+                out.global_ = self.model.forward_head(last, pre_logits=True).float()
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "variant": self.card.name,
+            "arch": self.card.arch,
+            "weights": self.weights.fingerprint,
+            "weights_kind": self.weights.kind,
+            "input_size": list(self.data_config["input_size"]),
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+            "dtype": self.config.dtype,
+        }

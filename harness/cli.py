@@ -1,0 +1,197 @@
+"""The `harness` command line. Imports stay lazy: `--help` and `list` never load torch or a backbone."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark vision backbones under identical protocols; results go to MLflow.")
+data_app = typer.Typer(no_args_is_help=True, help="Check or prepare datasets under $HARNESS_DATA.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+def _split_csv(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
+    suite: Annotated[str, typer.Option(help="suite name or a suite YAML file")] = "mini",
+    variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
+    weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
+    seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1,2,3")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
+    resume: Annotated[bool, typer.Option(help="skip jobs whose key already finished")] = True,
+    dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
+    skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
+    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+) -> None:
+    """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
+    from harness.config import RunConfig, parse_overrides, validate
+    from harness.planner import plan
+    from harness.suites import load_suite
+
+    seed_list = None
+    if seeds:
+        try:
+            seed_list = [int(s) for s in _split_csv([seeds])]
+        except ValueError:
+            raise HarnessError(f"--seeds expects integers like 1,2,3, got '{seeds}'") from None
+    cfg = validate(RunConfig, {
+        "suite": suite, "backbones": _split_csv(backbone), "variant": variant, "weights": weights,
+        "device": device, "dtype": dtype, "batch_size": batch_size, "seeds": seed_list,
+        "overrides": parse_overrides(set_ or []), "resume": resume, "skip_missing": skip_missing,
+        "dry_run": dry_run}, "command line")
+    spec = load_suite(cfg.suite)
+    the_plan = plan(cfg, spec)
+    if the_plan.missing:
+        table = Table(title="datasets not prepared", show_lines=True)
+        for col in ("dataset", "expected path", "how to prepare"):
+            table.add_column(col, overflow="fold")
+        for m in the_plan.missing:
+            table.add_row(m.name, str(m.path), m.hint or f"harness data prepare {m.name}")
+        err.print(table)
+        if not cfg.skip_missing:
+            raise HarnessError(f"{len(the_plan.missing)} dataset(s) of suite '{spec.name}' are not prepared "
+                               "(table above); prepare them or pass --skip-missing")
+    if cfg.dry_run:
+        _print_plan(the_plan)
+        return
+    _execute(spec.name, cfg, the_plan.jobs, out_dir)
+
+
+def _print_plan(the_plan) -> None:
+    from harness.records import RecordStore
+
+    store = RecordStore()
+    table = Table(title=f"plan: suite '{the_plan.suite.name}', {len(the_plan.jobs)} jobs")
+    for col in ("job key", "backbone", "task", "dataset", "protocol point", "status"):
+        table.add_column(col)
+    for job in the_plan.jobs:
+        point = ", ".join(f"{k}={v}" for k, v in job.protocol.items() if k in ("shots", "seed", "head", "t"))
+        table.add_row(job.key, f"{job.backbone.name}:{job.backbone.variant}", f"{job.task} v{job.task_version}",
+                      job.dataset, point, "done" if store.exists(job.key) else "to run")
+    out.print(table)
+
+
+def _execute(suite: str, cfg, jobs, out_dir: Path) -> None:
+    from harness.executor import LocalExecutor
+    from harness.tracking import Tracker
+
+    tracker = Tracker(suite)
+    with tracker.invocation(cfg.model_dump(mode="json")):
+        summary = LocalExecutor().run(jobs, tracker, resume=cfg.resume)
+    err.print(f"[bold]{len(summary.ran)} job(s) ran, {len(summary.skipped)} skipped (already finished)"
+              + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else ""))
+    _print_leaderboard(suite, out_dir)
+
+
+def _print_leaderboard(suite: str, out_dir: Path) -> None:
+    """Print the Markdown table exactly as written to `<out_dir>/<suite>.md` (plain text never wraps)."""
+    from harness.leaderboard import compile_leaderboard, render_markdown
+
+    long = compile_leaderboard(suite, out_dir)
+    print(render_markdown(suite, long))
+    err.print(f"written: {out_dir / (suite + '.md')}, {out_dir / (suite + '.csv')}")
+
+
+@app.command()
+def leaderboard(
+    suite: Annotated[str, typer.Option(help="suite name")] = "mini",
+    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+) -> None:
+    """Compile the suite's leaderboard from MLflow runs; write Markdown and CSV; print it."""
+    _print_leaderboard(suite, out_dir)
+
+
+@app.command("list")
+def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets | suites")]) -> None:
+    """List what is registered, without importing any model code."""
+    from harness.catalog import BACKBONES, DATASETS, TASKS
+    from harness.errors import UnknownNameError
+    from harness.registry import import_target
+
+    table = Table(title=what)
+    if what == "backbones":
+        for col in ("name", "variants", "default weights", "source", "description"):
+            table.add_column(col, overflow="fold")
+        for e in BACKBONES.entries():
+            cards = import_target(e.meta["cards"]) if "cards" in e.meta else {}
+            variants = ", ".join(cards) or "?"
+            weights = "; ".join(f"{k}: {c.weights}" for k, c in cards.items())
+            table.add_row(e.name, variants, weights, e.source, e.meta.get("description", ""))
+    elif what == "tasks":
+        for col in ("name", "source", "description"):
+            table.add_column(col)
+        for e in TASKS.entries():
+            table.add_row(e.name, e.source, e.meta.get("description", ""))
+    elif what == "datasets":
+        for col in ("name", "task", "source"):
+            table.add_column(col)
+        for e in DATASETS.entries():
+            table.add_row(e.name, e.meta.get("task", "?"), e.source)
+    elif what == "suites":
+        from harness.suites import builtin_suites, load_suite
+
+        for col in ("name", "tasks x datasets", "description"):
+            table.add_column(col)
+        for name in builtin_suites():
+            spec = load_suite(name)
+            body = "; ".join(f"{e.task}: {', '.join(e.datasets)}" for e in spec.entries)
+            table.add_row(name, body, spec.description)
+    else:
+        raise UnknownNameError("list target", what, ["backbones", "tasks", "datasets", "suites"])
+    out.print(table)
+
+
+@data_app.command("verify")
+def data_verify(name: Annotated[str, typer.Argument(help="dataset name")]) -> None:
+    """Check a prepared dataset tree; name the first missing or malformed file."""
+    from harness.planner import open_dataset
+
+    ds = open_dataset(name, generate=False)
+    ds.verify()
+    out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})")
+
+
+@data_app.command("prepare")
+def data_prepare(name: Annotated[str, typer.Argument(help="dataset name")]) -> None:
+    """Generate an embedded dataset, or print the exact steps to prepare a real one."""
+    from harness.planner import open_dataset
+
+    ds = open_dataset(name, generate=True)
+    if ds.embedded:
+        out.print(f"generated: {name} at {ds.root}")
+    else:
+        out.print(f"{name}: prepare it under {ds.root}\n{ds.prepare_hint}")
+
+
+@app.command()
+def version() -> None:
+    """Print the harness version and the source commit."""
+    from harness import __version__
+    from harness.records import git_commit
+
+    out.print(f"harness {__version__} ({git_commit()})")
+
+
+def main() -> None:
+    try:
+        app()
+    except HarnessError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,129 @@
+"""The local executor: runs planned jobs one by one, skipping finished keys, with progress bars.
+
+Order of effects per job: compute → write the run record (atomic) → log to MLflow. A job whose record
+exists is never recomputed; if its MLflow run is missing (tracker was down, process killed) the record
+is logged again, so MLflow and the records never disagree for long.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.api import Backbone, JobContext
+from harness.catalog import BACKBONES, TASKS
+from harness.config import BackboneConfig
+from harness.planner import Job, open_dataset
+from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
+from harness.tracking import Tracker, scratch_dir
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    relogged: list[str] = field(default_factory=list)
+
+
+def build_backbone(config: BackboneConfig) -> Backbone:
+    return BACKBONES.get(config.name)(config)
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident set so far (ru_maxrss: bytes on macOS, KiB on Linux)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10
+
+
+def _cuda_peak_mb(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any], dict]:
+    """Evaluate one job and build its record (not yet written)."""
+    task_cls = TASKS.get(job.task)
+    protocol = task_cls.protocol_model.model_validate(job.protocol)
+    dataset = open_dataset(job.dataset)
+    workdir = scratch_dir()
+    if job.backbone.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = task_cls().evaluate(backbone, dataset, protocol, JobContext(workdir, on_batch))
+    elapsed = time.perf_counter() - start
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "job_key": job.key,
+        "suite": job.suite,
+        "backbone": job.backbone.model_dump(mode="json"),
+        "backbone_fingerprint": backbone.fingerprint(),
+        "weights_fingerprint": job.weights_fingerprint,
+        "task": job.task,
+        "task_version": job.task_version,
+        "primary_metric": task_cls.primary_metric,
+        "dataset": job.dataset,
+        "data_fingerprint": job.data_fingerprint,
+        "protocol": job.protocol,
+        "column": job.column,
+        "metrics": result.metrics,
+        "details": result.details,
+        "timings": {"total_s": round(elapsed, 3)},
+        "memory": {"process_peak_rss_mb": round(_peak_rss_mb(), 1),
+                   "cuda_peak_allocated_mb": _cuda_peak_mb(job.backbone.device)},
+        "environment": environment(job.backbone.device),
+        "finished_at": now_iso(),
+    }
+    return record, {"workdir": workdir, "artifacts": result.artifacts}
+
+
+class LocalExecutor:
+    def __init__(self, store: RecordStore | None = None, console: Console | None = None):
+        self.store = store or RecordStore()
+        self.console = console or Console(stderr=True)
+
+    def run(self, jobs: list[Job], tracker: Tracker, resume: bool = True) -> RunSummary:
+        summary = RunSummary()
+        logged = tracker.finished_keys()
+        backbone: Backbone | None = None
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            jobs_bar = progress.add_task("jobs", total=len(jobs))
+            batch_bar = progress.add_task("batches", total=None, visible=False)
+
+            def on_batch(done: int, total: int) -> None:
+                progress.update(batch_bar, completed=done, total=total, visible=True)
+
+            for job in jobs:
+                key = job.key
+                progress.update(jobs_bar, description=f"jobs  {job.label}")
+                if resume and self.store.exists(key):
+                    if key not in logged:
+                        tracker.log_job(self.store.read(key))
+                        logged.add(key)
+                        summary.relogged.append(key)
+                    summary.skipped.append(key)
+                    progress.advance(jobs_bar)
+                    continue
+                if backbone is None or backbone.config != job.backbone:
+                    backbone = None  # free the previous model before building the next
+                    backbone = build_backbone(job.backbone)
+                record, extra = run_job(job, backbone, on_batch)
+                self.store.write(record)
+                tracker.log_job(record, extra["artifacts"])
+                logged.add(key)
+                shutil.rmtree(extra["workdir"], ignore_errors=True)
+                summary.ran.append(key)
+                progress.advance(jobs_bar)
+        return summary

@@ -1,0 +1,138 @@
+"""A suite expands into jobs (backbone x task x dataset x protocol point), each with a stable key.
+
+The key hashes the resolved job: backbone config, task name and version, dataset, protocol, the data
+fingerprint and the weights fingerprint. Same inputs → same key, so resume is "skip a finished key".
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.api import Dataset, StrictModel
+from harness.catalog import BACKBONES, DATASETS, TASKS
+from harness.config import BackboneConfig, RunConfig, SuiteSpec, validate
+from harness.errors import ConfigError, UnknownNameError
+from harness.io import canonical_json, sha256_text
+from harness.paths import data_root
+
+
+class Job(StrictModel):
+    suite: str
+    backbone: BackboneConfig
+    task: str
+    task_version: str
+    dataset: str
+    protocol: dict[str, Any]
+    column: str
+    data_fingerprint: str
+    weights_fingerprint: str
+
+    @property
+    def key(self) -> str:
+        payload = self.model_dump(exclude={"suite", "column"})
+        return sha256_text(canonical_json(payload))[:24]
+
+    @property
+    def label(self) -> str:
+        point = ",".join(f"{k}={v}" for k, v in self.protocol.items() if k in ("shots", "seed", "t"))
+        return f"{self.backbone.name}:{self.backbone.variant} {self.task}/{self.dataset} {point}"
+
+
+@dataclass
+class MissingDataset:
+    name: str
+    path: Path
+    hint: str
+
+
+@dataclass
+class Plan:
+    suite: SuiteSpec
+    jobs: list[Job] = field(default_factory=list)
+    missing: list[MissingDataset] = field(default_factory=list)
+
+
+def open_dataset(name: str, generate: bool = True) -> Dataset:
+    """The dataset reader rooted at `HARNESS_DATA/<folder>`; embedded `mini` data is generated on first use."""
+    cls = DATASETS.get(name)
+    ds = cls(data_root() / cls.folder)
+    if generate and cls.embedded and not ds.is_present():
+        cls.generate(ds.root)
+    return ds
+
+
+def resolve_backbones(names: list[str]) -> list[str]:
+    if names == ["all"]:
+        return BACKBONES.names()
+    for name in names:
+        BACKBONES.entry(name)  # raises with close matches
+    return names
+
+
+def backbone_config(name: str, run: RunConfig, suite: SuiteSpec) -> BackboneConfig:
+    cls = BACKBONES.get(name)
+    variant = run.variant or (suite.variant if suite.variant in cls.variants else None) or cls.default_variant
+    if variant not in cls.variants:
+        raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
+    return BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
+                          dtype=run.dtype, batch_size=run.batch_size or suite.batch_size)
+
+
+def _check_overrides(suite: SuiteSpec, overrides: dict[str, Any]) -> None:
+    fields: set[str] = set()
+    for entry in suite.entries:
+        fields |= set(TASKS.get(entry.task).protocol_model.model_fields)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"--set: unknown protocol key(s) {', '.join(unknown)}; "
+                          f"the suite's tasks know: {', '.join(sorted(fields))}")
+
+
+def protocol_points(entry_grid: dict[str, list[Any]], run: RunConfig, overrides: dict[str, Any]
+                    ) -> list[dict[str, Any]]:
+    grid = dict(entry_grid)
+    if run.seeds is not None:
+        grid["seed"] = list(run.seeds)
+    for key in overrides:
+        grid.pop(key, None)  # an override fixes a grid axis to one value
+    axes = list(grid)
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
+    """Expand a suite into jobs; datasets that are not prepared are listed, not planned."""
+    _check_overrides(suite, run.overrides)
+    result = Plan(suite=suite)
+    backbones = []
+    for name in resolve_backbones(run.backbones):
+        cfg = backbone_config(name, run, suite)
+        backbones.append((cfg, BACKBONES.get(name).weights_fingerprint(cfg)))
+    data_fps: dict[str, str | None] = {}
+    for entry in suite.entries:
+        task = TASKS.get(entry.task)
+        overrides = {k: v for k, v in run.overrides.items() if k in task.protocol_model.model_fields}
+        for ds_name in entry.datasets:
+            if ds_name not in data_fps:
+                ds = open_dataset(ds_name)
+                if not ds.is_present():
+                    result.missing.append(MissingDataset(ds_name, ds.root, ds.prepare_hint))
+                    data_fps[ds_name] = None
+                else:
+                    data_fps[ds_name] = ds.fingerprint()
+            if data_fps[ds_name] is None:
+                continue
+            for point in protocol_points(entry.grid, run, overrides):
+                raw = {**entry.protocol, **point, **overrides}
+                where = f"suite '{suite.name}', task '{entry.task}', protocol"
+                protocol = validate(task.protocol_model, raw, where).model_dump(mode="json")
+                for cfg, weights_fp in backbones:
+                    result.jobs.append(Job(
+                        suite=suite.name, backbone=cfg, task=entry.task, task_version=task.version,
+                        dataset=ds_name, protocol=protocol, column=task.column_label(protocol),
+                        data_fingerprint=data_fps[ds_name], weights_fingerprint=weights_fp))
+    order = {cfg: i for i, (cfg, _) in enumerate(backbones)}
+    result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
+    return result

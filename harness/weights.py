@@ -1,0 +1,160 @@
+"""Where a backbone's weights come from, and what identifies them.
+
+A weights spec is "random", a local file, a local directory, or a Hugging Face hub id. Resolving it
+gives the weight file plus a fingerprint (seed, file hash or hub commit) that job and cache keys use,
+so two runs share results only when they truly used the same weights. Missing pretrained weights are
+an error: the harness never falls back to random weights. Torch-free at import (planning stays cheap);
+huggingface_hub and torch are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import WeightsMissingError
+from harness.io import sha256_file
+
+DEFAULT_FILENAMES: tuple[str, ...] = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+)
+_CONFIG_PATTERNS: tuple[str, ...] = ("config.json", "open_clip_config.json")
+_PATH_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+# (resolved path, size, mtime_ns) -> sha256 hex: hashing a 100 MB checkpoint once per process is enough.
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A resolved weights spec: what kind, which file, and a fingerprint that names it exactly."""
+
+    kind: Literal["random", "file", "hub"]
+    spec: str
+    path: Path | None
+    fingerprint: str
+
+
+def hf_hub_cache() -> Path:
+    """The HF hub cache dir, read from the environment at call time (huggingface_hub reads it at import)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        raw = env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
+    else:
+        xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        raw = os.path.join(env.get("HF_HOME") or os.path.join(xdg, "huggingface"), "hub")
+    return Path(os.path.expandvars(os.path.expanduser(raw)))
+
+
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) at call time, or huggingface_hub's own flag if set."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if value.upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) so unchanged files are hashed once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def _first_present(folder: Path, filenames: Sequence[str]) -> Path | None:
+    return next((folder / n for n in filenames if (folder / n).is_file()), None)
+
+
+def _parse_hub_id(spec: str) -> tuple[str, str | None]:
+    """'hf-hub:org/name@rev' -> ('org/name', 'rev'); prefix and revision are optional."""
+    repo = spec.removeprefix("hf-hub:")
+    repo, sep, revision = repo.partition("@")
+    return repo, (revision if sep and revision else None)
+
+
+def _missing(repo_id: str, revision: str | None, cache: Path, why: str) -> WeightsMissingError:
+    rev = f" --revision {revision}" if revision else ""
+    return WeightsMissingError(
+        f"weights '{repo_id}'{f'@{revision}' if revision else ''} are not available locally ({why}); "
+        f"looked in the Hugging Face cache {cache} (HF_HUB_CACHE / HF_HOME). To fetch them, run "
+        f"`hf download {repo_id}{rev}` on a machine with network access and copy its HF cache "
+        f"(~/.cache/huggingface/hub) to {cache}, or pass a local file or directory with --weights. "
+        f"The harness never falls back to random weights."
+    )
+
+
+def _resolve_hub(spec: str, filenames: Sequence[str]) -> ResolvedWeights:
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision = _parse_hub_id(spec)
+    cache = hf_hub_cache()
+    snapshot: Path | None = None
+    why = "not in the cache"
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
+        why = f"not in the cache: {type(exc).__name__}"
+    weights = _first_present(snapshot, filenames) if snapshot else None
+    if weights is None and snapshot is not None:
+        why = f"cached snapshot {snapshot} has none of {', '.join(filenames)}"
+    if weights is None and not hf_offline():
+        # One weight file only (timm repos carry both .safetensors and .bin): try the names in order.
+        for name in filenames:
+            try:
+                snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache,
+                                                  allow_patterns=[name, *_CONFIG_PATTERNS]))
+            except Exception as exc:  # no network, unknown repo, gated repo, ...
+                why = f"download failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                break
+            if (weights := _first_present(snapshot, [name])) is not None:
+                break
+        else:
+            why = f"the repo has none of {', '.join(filenames)}"
+    elif weights is None:
+        why += "; HF_HUB_OFFLINE is set, so no download was tried"
+    if weights is None or snapshot is None:
+        raise _missing(repo_id, revision, cache, why)
+    return ResolvedWeights("hub", spec, weights, f"{repo_id}@{snapshot.name}")
+
+
+def resolve_weights(spec: str, *, seed: int = 0,
+                    filenames: Sequence[str] = DEFAULT_FILENAMES) -> ResolvedWeights:
+    """Resolve a weights spec to a file and fingerprint; raise WeightsMissingError if it is not present."""
+    if spec == "random":
+        return ResolvedWeights("random", spec, None, f"random(seed={seed})")
+    local = Path(spec).expanduser()
+    if local.is_file():
+        return ResolvedWeights("file", spec, local, f"sha256:{file_sha256(local)}")
+    if local.is_dir():
+        found = _first_present(local, filenames)
+        if found is None:
+            raise WeightsMissingError(f"weights directory {local} has none of the expected files: "
+                                      f"{', '.join(filenames)}")
+        return ResolvedWeights("file", spec, found, f"sha256:{file_sha256(found)}")
+    if spec.startswith(("/", "./", "../", "~")) or spec.endswith(_PATH_SUFFIXES):
+        raise WeightsMissingError(f"weights path {local} does not exist (give an existing file or directory, "
+                                  f"a Hugging Face hub id, or 'random')")
+    return _resolve_hub(spec, filenames)
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors only: safetensors, or torch.load(weights_only=True); never arbitrary pickles or remote code."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,1 @@
+"""Task families (fsc, sbir, ovss): each owns its datasets, protocol, head and metrics."""

@@ -1,0 +1,63 @@
+import pytest
+
+from harness.config import RunConfig
+from harness.errors import ConfigError, UnknownNameError
+from harness.planner import plan
+from harness.suites import load_suite
+
+
+def make_plan(**kw):
+    run = RunConfig(suite="mini", backbones=kw.pop("backbones", ["resnet"]), **kw)
+    return plan(run, load_suite("mini"))
+
+
+def test_mini_suite_expands_to_grid_with_tiny_variant():
+    p = make_plan()
+    assert len(p.jobs) == 9  # shots {1,4,16} x seeds {1,2,3}
+    assert {j.backbone.variant for j in p.jobs} == {"tiny"}
+    assert {(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs} == {
+        (k, s) for k in (1, 4, 16) for s in (1, 2, 3)}
+    assert all(j.task_version == "1" for j in p.jobs)
+
+
+def test_job_keys_are_stable_and_unique():
+    keys1 = [j.key for j in make_plan().jobs]
+    keys2 = [j.key for j in make_plan().jobs]
+    assert keys1 == keys2
+    assert len(set(keys1)) == len(keys1)
+
+
+def test_key_changes_with_protocol_weights_data_and_version():
+    job = make_plan().jobs[0]
+    assert job.model_copy(update={"protocol": {**job.protocol, "max_iter": 10}}).key != job.key
+    assert job.model_copy(update={"weights_fingerprint": "sha256:00"}).key != job.key
+    assert job.model_copy(update={"data_fingerprint": "other"}).key != job.key
+    assert job.model_copy(update={"task_version": "2"}).key != job.key
+    assert job.model_copy(update={"suite": "another"}).key == job.key  # the same job in two suites
+
+
+def test_seeds_and_set_override_the_grid():
+    p = make_plan(seeds=[7], overrides={"shots": 2})
+    assert [(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs] == [(2, 7)]
+
+
+def test_bad_override_value_names_the_key():
+    with pytest.raises(ConfigError, match="'shots'"):
+        make_plan(overrides={"shots": 0})
+    with pytest.raises(ConfigError, match="unknown protocol key"):
+        make_plan(overrides={"shotz": 1})
+
+
+def test_unknown_backbone_and_variant():
+    with pytest.raises(UnknownNameError, match="did you mean: resnet"):
+        make_plan(backbones=["resnett"])
+    with pytest.raises(UnknownNameError, match="variant"):
+        make_plan(variant="nosuch")
+
+
+def test_all_suite_lists_missing_datasets_without_jobs():
+    run = RunConfig(suite="all", backbones=["resnet"], variant="tiny")
+    p = plan(run, load_suite("all"))
+    assert p.jobs == []
+    assert len(p.missing) == 11
+    assert all(m.hint for m in p.missing)
