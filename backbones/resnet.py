@@ -17,9 +17,10 @@ import timm.data
 import torch
 
 from backbones.cards import RESNET
+from backbones.common import check_kinds, compute_context, freeze, torch_dtype
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
-from harness.errors import ConfigError, HarnessError
+from harness.errors import HarnessError
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The keys of a timm pretrained_cfg that change preprocessing (what resolve_model_data_config reads).
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -56,8 +56,7 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, config: BackboneConfig):
         super().__init__(config)
-        if config.dtype not in _DTYPES:
-            raise ConfigError(f"backbone.dtype must be one of {', '.join(_DTYPES)}, got '{config.dtype}'")
+        torch_dtype(config.dtype)  # validates the name before any work
         self.device = torch.device(config.device)
         self.weights: ResolvedWeights = resolve_weights(config.weights or self.card.weights, seed=config.seed)
         # Preprocessing: timm's cfg for the arch < the weights' config.json < the card's overlay.
@@ -69,7 +68,7 @@ class ResNetBackbone(Backbone):
                                       pretrained_cfg_overlay=overlay or None)
         if self.weights.path is not None:
             self._load(model, self.weights.path)
-        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.model = freeze(model, self.device)
         self.data_config: dict[str, Any] = dict(timm.data.resolve_model_data_config(model))
         self._transform = timm.data.create_transform(**self.data_config, is_training=False)
 
@@ -102,13 +101,8 @@ class ResNetBackbone(Backbone):
 
     def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
         """One forward pass for any mix of kinds; features come back as fp32 whatever the compute dtype."""
-        unknown = set(kinds) - set(self.feature_kinds)
-        if unknown:
-            raise HarnessError(f"backbone 'resnet' has no feature kind(s) {sorted(unknown)}; "
-                               f"known: {', '.join(self.feature_kinds)}")
-        dtype = _DTYPES[self.config.dtype]
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
-        with torch.inference_mode(), autocast:
+        check_kinds(self.name, kinds, self.feature_kinds)
+        with compute_context(self.device, self.config.dtype):
             x = batch.to(self.device, non_blocking=True)
             out = Features()
             if "dense" in kinds:

@@ -66,8 +66,12 @@ class Backbone(abc.ABC):
         """Images → a batch tensor with the model's own resolution and normalisation."""
 
     @abc.abstractmethod
-    def image_features(self, batch: torch.Tensor) -> Features:
-        """A preprocessed batch → frozen features (run under inference mode by the caller)."""
+    def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
+        """A preprocessed batch → frozen features of the asked kinds ("global", "dense"), on the CPU in fp32.
+
+        Runs under inference mode (the caller may also wrap it); the global embedding is what a
+        linear probe reads, the dense maps are named multi-scale levels for dense heads.
+        """
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError(f"backbone '{self.name}' has no text tower")

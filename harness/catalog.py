@@ -18,6 +18,14 @@ register_dataset = DATASETS.register
 BACKBONES.add_lazy("resnet", "backbones.resnet:ResNetBackbone", cards="backbones.cards:RESNET",
                    description="timm ResNet (ResNet-50 default, ResNet-101; tiny random-init for tests)")
 
+BACKBONES.add_lazy("clip", "backbones.clip:CLIPBackbone", cards="backbones.cards:CLIP",
+                   description="open_clip CLIP image tower (ViT-B/16 OpenAI default) + text tower")
+BACKBONES.add_lazy("dino", "backbones.dino:DINOBackbone", cards="backbones.cards:DINO",
+                   description="timm DINO v1 ViT-B/16 default; DINOv2 ViT-S/B/L/G/14 variants")
+BACKBONES.add_lazy("vermouth", "backbones.vermouth.backbone:VermouthBackbone",
+                   cards="backbones.vermouth.cards:VERMOUTH",
+                   description="Stable Diffusion UNet features + BLIP prompts + U-head + adapted expert")
+
 TASKS.add_lazy("fsc", "tasks.fsc.task:FewShotClassification",
                description="few-shot classification, CoOp 11-dataset protocol (linear probe)")
 
