@@ -130,9 +130,12 @@ def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets
         for col in ("name", "variants", "default weights", "source", "description"):
             table.add_column(col, overflow="fold")
         for e in BACKBONES.entries():
-            cards = import_target(e.meta["cards"]) if "cards" in e.meta else {}
-            variants = ", ".join(cards) or "?"
-            weights = "; ".join(f"{k}: {c.weights}" for k, c in cards.items())
+            try:  # a broken plug-in shows as such; it cannot break the listing
+                cards = import_target(e.meta["cards"]) if "cards" in e.meta else {}
+                variants = ", ".join(cards) or "?"
+                weights = "; ".join(f"{k}: {c.weights}" for k, c in cards.items())
+            except Exception as exc:
+                variants, weights = "?", f"(unavailable: {type(exc).__name__}: {exc})"
             table.add_row(e.name, variants, weights, e.source, e.meta.get("description", ""))
     elif what == "tasks":
         for col in ("name", "source", "description"):
