@@ -1,32 +1,35 @@
-"""Frozen global features per image, computed once per process and reused across seeds, shots and heads.
+"""Frozen features per image, computed once per process and reused across seeds, shots and heads.
 
-Keyed by the backbone fingerprint and the dataset fingerprint, then by item path: a few-shot subset
-asks only for the images it does not have yet. (The persistent, content-addressed cache is a
-separate layer; this memo only avoids recomputation inside one run.)
+Keyed by the backbone fingerprint, the dataset fingerprint and the feature kind, then by item path: a
+few-shot subset asks only for the images it does not have yet. (The persistent, content-addressed
+cache is a separate layer; this memo only avoids recomputation inside one run.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext
 from harness.io import canonical_json, sha256_text
 
-_MEMO: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+_MEMO: dict[tuple[str, str, str], dict[str, object]] = {}
 
 
 def clear_memo() -> None:
     _MEMO.clear()
 
 
-def global_features(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
-                    ctx: JobContext) -> np.ndarray:
-    """`[len(items), D]` float32 global features, in the order of `items`."""
+def _extract(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem], ctx: JobContext,
+             kind: str) -> list:
+    """Per-item features of one kind (a [D] tensor, or a dict of [C, H, W] maps), in the order of `items`."""
     import torch
 
-    memo = _MEMO.setdefault((sha256_text(canonical_json(backbone.fingerprint())), dataset.fingerprint()), {})
+    memo = _MEMO.setdefault((sha256_text(canonical_json(backbone.fingerprint())), dataset.fingerprint(), kind), {})
     todo = list(dict.fromkeys(it.path for it in items if it.path not in memo))
     by_path = {it.path: it for it in items}
     bs = backbone.batch_size
@@ -35,9 +38,28 @@ def global_features(backbone: Backbone, dataset: ClassificationDataset, items: S
         chunk = [by_path[p] for p in todo[b * bs:(b + 1) * bs]]
         batch = backbone.preprocess([dataset.load_image(it) for it in chunk])
         with torch.inference_mode():
-            feats = backbone.image_features(batch, kinds=("global",)).global_
-        feats = feats.float().cpu().numpy()
-        for it, f in zip(chunk, feats, strict=True):
-            memo[it.path] = f
+            feats = backbone.image_features(batch, kinds=(kind,))
+        for i, it in enumerate(chunk):
+            if kind == "global":
+                memo[it.path] = feats.global_[i].float().cpu().clone()
+            else:
+                memo[it.path] = {k: v[i].float().cpu().clone() for k, v in feats.dense.items()}
         ctx.on_batch(b + 1, n_batches)
-    return np.stack([memo[it.path] for it in items]).astype(np.float32)
+    return [memo[it.path] for it in items]
+
+
+def global_features(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
+                    ctx: JobContext) -> np.ndarray:
+    """`[len(items), D]` float32 global features, in the order of `items`."""
+    import torch
+
+    return torch.stack(_extract(backbone, dataset, items, ctx, "global")).numpy()
+
+
+def dense_features(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
+                   ctx: JobContext) -> dict[str, torch.Tensor]:
+    """`{level: [len(items), C, H, W]}` frozen dense maps, in the order of `items`."""
+    import torch
+
+    per_item = _extract(backbone, dataset, items, ctx, "dense")
+    return {k: torch.stack([d[k] for d in per_item]) for k in per_item[0]}

@@ -1,38 +1,68 @@
 """Few-shot classification: K-shot support per class (seeded, persisted), a head trained on it, top-1
-accuracy on the full test split. The protocol belongs to the task, so every backbone gets the same one.
+(micro) accuracy on the full test split. The protocol belongs to the task, so every backbone gets the
+same one; nothing is ever selected on the test split.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from harness.api import Backbone, ClassificationDataset, JobContext, Result, StrictModel, Task
+from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
-from harness.features import global_features
+from harness.features import dense_features, global_features
 from harness.paths import harness_home
 from tasks.fsc.linear_probe import l2_normalise, search_c
 from tasks.fsc.sampling import load_or_create_fewshot
 
 COARSE_C_GRID = [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6]  # CoOp lpclip's grid
+LINEAR_PROBE_KEYS = {"c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000}
+TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "epochs": 100, "train_batch_size": 64, "lr": 1e-4,
+                        "weight_decay": 5e-4, "temperature": 0.2, "grad_clip": 1.0}
 
 
 class FSCProtocol(StrictModel):
+    """One protocol point. Keys of the head not chosen are None, so they never change a job's key."""
+
     shots: int = Field(16, ge=1, description="K images per class sampled from train")
-    seed: int = Field(1, description="seeds the K-shot (and few-shot val) sampling")
-    head: Literal["linear-probe"] = "linear-probe"
-    c_grid: list[float] = Field(default_factory=lambda: list(COARSE_C_GRID), min_length=1)
-    c_search_steps: int = Field(8, ge=0)
-    max_iter: int = Field(1000, ge=1)
+    seed: int = Field(1, description="seeds the K-shot (and few-shot val) sampling and head training")
+    head: Literal["linear-probe", "text-classifier"] = "linear-probe"
+    # linear-probe (CoOp lpclip): C from a coarse grid + log-space bisection, scored on the few-shot val
+    c_grid: list[float] | None = Field(None, min_length=1)
+    c_search_steps: int | None = Field(None, ge=0)
+    max_iter: int | None = Field(None, ge=1)
+    # text-classifier (Vermouth): neck or linear projection → cosine vs text embeddings, CE(cos / T)
+    text_space: str | None = None
+    epochs: int | None = Field(None, ge=1)
+    train_batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        head = data.get("head", "linear-probe")
+        mine, other = ((LINEAR_PROBE_KEYS, TEXT_CLASSIFIER_KEYS) if head == "linear-probe"
+                       else (TEXT_CLASSIFIER_KEYS, LINEAR_PROBE_KEYS))
+        data = {k: v for k, v in data.items() if k not in other}
+        return {**{k: (list(v) if isinstance(v, list) else v) for k, v in mine.items()}, **data}
+
+
+def labels_of(items: list[ImageItem]) -> np.ndarray:
+    return np.array([it.label for it in items])
 
 
 @register_task("fsc")
 class FewShotClassification(Task):
     name = "fsc"
     version = "1"
-    description = "few-shot classification (CoOp protocol), top-1 on the full test split"
+    description = "few-shot classification (CoOp protocol): linear-probe or text-classifier head, top-1"
     protocol_model = FSCProtocol
     column_keys: ClassVar[tuple[str, ...]] = ("head", "shots")
     primary_metric = "top1"
@@ -42,17 +72,47 @@ class FewShotClassification(Task):
         splits = dataset.splits()
         fewshot = load_or_create_fewshot(dataset.name, dataset.fingerprint(), splits["train"], splits["val"],
                                          protocol.shots, protocol.seed, harness_home())
-        train, val, test = fewshot["train"], fewshot["val"], splits["test"]
-        feats = {name: l2_normalise(global_features(backbone, dataset, items, ctx))
-                 for name, items in (("train", train), ("val", val), ("test", test))}
-        labels = {name: np.array([it.label for it in items])
-                  for name, items in (("train", train), ("val", val), ("test", test))}
-        probe = search_c(feats["train"], labels["train"], feats["val"], labels["val"],
-                         protocol.c_grid, protocol.c_search_steps, protocol.max_iter)
-        top1 = float((probe.model.predict(feats["test"]) == labels["test"]).mean() * 100)
-        return Result(
-            metrics={"top1": top1, "val_top1": probe.val_accuracy * 100},
-            details={"c": probe.c, "n_train": len(train), "n_val": len(val), "n_test": len(test),
-                     "n_classes": len(dataset.classnames()), "feature_dim": int(feats["train"].shape[1]),
-                     "support_paths": [it.path for it in train], "fewshot_info": fewshot.get("info", {})},
-        )
+        parts = {"train": fewshot["train"], "val": fewshot["val"], "test": splits["test"]}
+        if protocol.head == "linear-probe":
+            metrics, details = self._linear_probe(backbone, dataset, parts, protocol, ctx)
+        else:
+            metrics, details = self._text_classifier(backbone, dataset, parts, protocol, ctx)
+        details.update({"head": protocol.head, "n_train": len(parts["train"]), "n_val": len(parts["val"]),
+                        "n_test": len(parts["test"]), "n_classes": len(dataset.classnames()),
+                        "support_paths": [it.path for it in parts["train"]], "fewshot_info": fewshot.get("info", {})})
+        return Result(metrics=metrics, details=details)
+
+    @staticmethod
+    def _linear_probe(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
+        feats = {k: l2_normalise(global_features(backbone, dataset, items, ctx)) for k, items in parts.items()}
+        y = {k: labels_of(items) for k, items in parts.items()}
+        probe = search_c(feats["train"], y["train"], feats["val"], y["val"], protocol.c_grid,
+                         protocol.c_search_steps, protocol.max_iter)
+        top1 = float((probe.model.predict(feats["test"]) == y["test"]).mean() * 100)
+        return ({"top1": top1, "val_top1": probe.val_accuracy * 100},
+                {"c": probe.c, "feature_dim": int(feats["train"].shape[1])})
+
+    @staticmethod
+    def _text_classifier(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
+        import torch
+
+        from harness.text_space import text_space
+        from tasks.fsc.text_classifier import TrainSettings, predict, train_text_classifier
+
+        space = text_space(protocol.text_space)
+        classes = space.class_embeddings(dataset.classnames(), getattr(dataset, "templates", ("a photo of a {}.",)))
+        neck = backbone.neck()
+        if neck is not None:
+            inputs = {k: dense_features(backbone, dataset, items, ctx) for k, items in parts.items()}
+        else:
+            inputs = {k: torch.from_numpy(global_features(backbone, dataset, items, ctx)) for k, items in parts.items()}
+        y = {k: torch.from_numpy(labels_of(items)) for k, items in parts.items()}
+        settings = TrainSettings(epochs=protocol.epochs, batch_size=protocol.train_batch_size, lr=protocol.lr,
+                                 weight_decay=protocol.weight_decay, temperature=protocol.temperature,
+                                 grad_clip=protocol.grad_clip, seed=protocol.seed)
+        model, losses = train_text_classifier(inputs["train"], y["train"], classes, neck, settings)
+        acc = {k: float((predict(model, inputs[k]) == y[k]).float().mean() * 100) for k in ("val", "test")}
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return ({"top1": acc["test"], "val_top1": acc["val"], "final_loss": losses[-1]},
+                {"text_space": space.spec, "text_space_fingerprint": space.fingerprint,
+                 "uses_neck": neck is not None, "trainable_params": trainable, "loss_per_epoch": losses})
