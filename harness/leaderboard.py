@@ -47,7 +47,29 @@ def runs_to_long(runs: pd.DataFrame) -> pd.DataFrame:
     keys = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
     grouped = df.groupby(keys, sort=True)["value"]
     out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=0)), n="count").reset_index()
-    return out[LONG_COLUMNS]
+    return add_dataset_averages(out[LONG_COLUMNS])
+
+
+def add_dataset_averages(long: pd.DataFrame) -> pd.DataFrame:
+    """Per task and setting, the arithmetic mean of the per-dataset means (CoOp's "Average" column).
+
+    Only where a backbone has every dataset that the table holds for that task and setting; an average
+    over a different set of datasets would not be comparable, so it is left out.
+    """
+    if long.empty:
+        return long
+    keys = ["task", "task_version", "setting", "metric"]
+    rows = []
+    for key, group in long.groupby(keys, sort=True):
+        datasets = set(group["dataset"])
+        if len(datasets) < 2:
+            continue
+        for backbone, sub in group.groupby("backbone"):
+            if set(sub["dataset"]) == datasets:
+                rows.append({**dict(zip(keys, key, strict=True)), "backbone": backbone,
+                             "dataset": f"average of {len(datasets)}", "mean": sub["mean"].mean(),
+                             "std": float("nan"), "n": int(sub["n"].min())})
+    return pd.concat([long, pd.DataFrame(rows, columns=LONG_COLUMNS)], ignore_index=True) if rows else long
 
 
 def column_name(row: pd.Series) -> str:
@@ -61,8 +83,8 @@ def to_wide(long: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     cells = long.assign(
         column=long.apply(column_name, axis=1),
-        cell=long.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})" if r["n"] > 1
-                        else f"{r['mean']:.2f}", axis=1),
+        cell=long.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})"
+                        if r["n"] > 1 and not pd.isna(r["std"]) else f"{r['mean']:.2f}", axis=1),
     )
     wide = cells.pivot(index="backbone", columns="column", values="cell").fillna("—")
     order = cells.assign(nat=cells["column"].map(natural_key)).sort_values("nat")["column"].unique()
