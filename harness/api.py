@@ -168,6 +168,10 @@ class JobContext:
     def __init__(self, workdir: Path, on_batch: ProgressFn | None = None):
         self.workdir = Path(workdir)
         self.on_batch = on_batch or (lambda done, total: None)
+        self.counters: dict[str, int] = {}  # e.g. feature-cache hits / misses, copied into the run record
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
 
 class Task(abc.ABC):

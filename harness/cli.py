@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark vision backbones under identical protocols; results go to MLflow.")
 data_app = typer.Typer(no_args_is_help=True, help="Check or prepare datasets under $HARNESS_DATA.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the feature cache under $HARNESS_CACHE.")
+app.add_typer(cache_app, name="cache")
 out = Console()
 err = Console(stderr=True)
 
@@ -181,6 +183,29 @@ def data_prepare(name: Annotated[str, typer.Argument(help="dataset name")]) -> N
         out.print(f"generated: {name} at {ds.root}")
     else:
         out.print(f"{name}: prepare it under {ds.root}\n{ds.prepare_hint}")
+
+
+@cache_app.command("info")
+def cache_info_cmd() -> None:
+    """Namespaces (backbone fingerprint x feature kind), entries and size."""
+    from harness.cache import budget_bytes, cache_info
+    from harness.paths import cache_root
+
+    rows = cache_info()
+    table = Table(title=f"feature cache: {cache_root() / 'features'} (budget {budget_bytes() / 2**30:.1f} GiB)")
+    for col in ("namespace", "backbone", "kind", "entries", "MiB"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["namespace"], r["backbone"], r["kind"], str(r["entries"]), f"{r['bytes'] / 2**20:.1f}")
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear_cmd() -> None:
+    """Delete every cached feature."""
+    from harness.cache import clear_cache
+
+    out.print(f"cleared {clear_cache() / 2**20:.1f} MiB")
 
 
 @app.command()

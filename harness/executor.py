@@ -61,7 +61,8 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
 
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = task_cls().evaluate(backbone, dataset, protocol, JobContext(workdir, on_batch))
+    ctx = JobContext(workdir, on_batch)
+    result = task_cls().evaluate(backbone, dataset, protocol, ctx)
     elapsed = time.perf_counter() - start
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -80,6 +81,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         "metrics": result.metrics,
         "details": result.details,
         "timings": {"total_s": round(elapsed, 3)},
+        "counters": ctx.counters,
         "memory": {"process_peak_rss_mb": round(_peak_rss_mb(), 1),
                    "cuda_peak_allocated_mb": _cuda_peak_mb(job.backbone.device)},
         "environment": environment(job.backbone.device),

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext
+from harness.cache import FeatureCache
 from harness.io import canonical_json, sha256_text
+from harness.weights import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -26,25 +28,40 @@ def clear_memo() -> None:
 
 def _extract(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem], ctx: JobContext,
              kind: str) -> list:
-    """Per-item features of one kind (a [D] tensor, or a dict of [C, H, W] maps), in the order of `items`."""
+    """Per-item features of one kind (a [D] tensor, or a dict of [C, H, W] maps), in the order of `items`.
+
+    Order of lookups: this process's memo, then the persistent cache (by image content), then the backbone.
+    """
     import torch
 
-    memo = _MEMO.setdefault((sha256_text(canonical_json(backbone.fingerprint())), dataset.fingerprint(), kind), {})
-    todo = list(dict.fromkeys(it.path for it in items if it.path not in memo))
-    by_path = {it.path: it for it in items}
+    fp = backbone.fingerprint()
+    memo = _MEMO.setdefault((sha256_text(canonical_json(fp)), dataset.fingerprint(), kind), {})
+    cache = FeatureCache(fp, kind)
+    todo: list[tuple[ImageItem, str]] = []
+    for it in dict((it.path, it) for it in items if it.path not in memo).values():
+        sha = file_sha256(dataset.image_path(it))
+        hit = cache.get(sha)
+        if hit is None:
+            todo.append((it, sha))
+        else:
+            memo[it.path] = hit
     bs = backbone.batch_size
     n_batches = (len(todo) + bs - 1) // bs
     for b in range(n_batches):
-        chunk = [by_path[p] for p in todo[b * bs:(b + 1) * bs]]
-        batch = backbone.preprocess([dataset.load_image(it) for it in chunk])
+        chunk = todo[b * bs:(b + 1) * bs]
+        batch = backbone.preprocess([dataset.load_image(it) for it, _ in chunk])
         with torch.inference_mode():
             feats = backbone.image_features(batch, kinds=(kind,))
-        for i, it in enumerate(chunk):
+        for i, (it, sha) in enumerate(chunk):
             if kind == "global":
                 memo[it.path] = feats.global_[i].float().cpu().clone()
             else:
                 memo[it.path] = {k: v[i].float().cpu().clone() for k, v in feats.dense.items()}
+            cache.put(sha, memo[it.path])
         ctx.on_batch(b + 1, n_batches)
+    for name in ("hits", "misses", "corrupt", "streamed"):
+        ctx.count(f"feature_cache_{name}", getattr(cache.stats, name))
+    ctx.count("images_extracted", len(todo))
     return [memo[it.path] for it in items]
 
 
