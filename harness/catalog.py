@@ -29,6 +29,11 @@ BACKBONES.add_lazy("vermouth", "backbones.vermouth.backbone:VermouthBackbone",
 TASKS.add_lazy("fsc", "tasks.fsc.task:FewShotClassification",
                description="few-shot classification, CoOp 11-dataset protocol (linear probe)")
 
+TASKS.add_lazy("sbir", "tasks.sbir.task:ZeroShotSBIR",
+               description="zero-shot sketch-based image retrieval (Sketchy / TU-Berlin / QuickDraw)")
+TASKS.add_lazy("ovss", "tasks.ovss.task:OpenVocabSegmentation",
+               description="open-vocabulary semantic segmentation (train COCO-Stuff, test ADE/PC/VOC)")
+
 _FSC_DATASETS = {
     "mini_coop": "MiniCoOp",
     "imagenet": "ImageNet",
@@ -45,3 +50,14 @@ _FSC_DATASETS = {
 }
 for _name, _cls in _FSC_DATASETS.items():
     DATASETS.add_lazy(_name, f"tasks.fsc.datasets:{_cls}", task="fsc")
+
+_SBIR_DATASETS = {"mini_sbir": "MiniSBIR", "sketchy_25": "Sketchy25", "sketchy_21": "Sketchy21",
+                  "tuberlin_30": "TUBerlin30", "quickdraw_30": "QuickDraw30"}
+for _name, _cls in _SBIR_DATASETS.items():
+    DATASETS.add_lazy(_name, f"tasks.sbir.datasets:{_cls}", task="sbir")
+
+_OVSS_DATASETS = {"mini_ovss_train": "MiniCocoStuff", "mini_ovss": "MiniADE", "coco_stuff_171": "CocoStuff171",
+                  "ade150": "ADE150", "ade847": "ADE847", "pc59": "PascalContext59", "pc459": "PascalContext459",
+                  "voc20": "PascalVOC20"}
+for _name, _cls in _OVSS_DATASETS.items():
+    DATASETS.add_lazy(_name, f"tasks.ovss.datasets:{_cls}", task="ovss")

@@ -97,7 +97,7 @@ class FewShotClassification(Task):
         import torch
 
         from harness.text_space import text_space
-        from tasks.fsc.text_classifier import TrainSettings, predict, train_text_classifier
+        from tasks.text_head import TrainSettings, predict, train_text_classifier
 
         space = text_space(protocol.text_space)
         classes = space.class_embeddings(dataset.classnames(), getattr(dataset, "templates", ("a photo of a {}.",)))

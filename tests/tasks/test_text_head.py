@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from tasks.fsc.task import FSCProtocol
-from tasks.fsc.text_classifier import TrainSettings, predict, train_text_classifier
+from tasks.text_head import TrainSettings, predict, train_text_classifier
 
 SETTINGS = TrainSettings(epochs=60, batch_size=16, lr=1e-2, weight_decay=5e-4, temperature=0.2, grad_clip=1.0,
                          seed=3)

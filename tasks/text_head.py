@@ -1,4 +1,4 @@
-"""The `text-classifier` head (the Vermouth recipe), with the same budget for every backbone.
+"""The `text-classifier` head (the Vermouth recipe), shared by FSC and SBIR, same budget for every backbone.
 
 A backbone's trainable neck (Vermouth: U-head + expert adapters, fed the frozen dense levels) or, for
 a backbone without one, a linear projection of its frozen global features, maps each image into the
