@@ -120,6 +120,33 @@ def leaderboard(
     _print_leaderboard(suite, out_dir)
 
 
+@app.command("compare")
+def compare_cmd(
+    current: Annotated[str, typer.Argument(help="leaderboard CSV or suite name")],
+    baseline: Annotated[str, typer.Argument(help="leaderboard CSV or suite name")],
+    tolerance: Annotated[float, typer.Option(help="allowed drop, in the metric's units")] = 0.5,
+) -> None:
+    """Exit non-zero when CURRENT regressed beyond the tolerance against BASELINE, or lost a row."""
+    import pandas as pd
+
+    from harness.compare import compare, read_leaderboard
+
+    result = compare(read_leaderboard(current), read_leaderboard(baseline), tolerance)
+    for title, frame in (("regressed", result.regressed), ("missing", result.missing),
+                         ("improved", result.improved), ("new", result.new)):
+        if frame.empty:
+            continue
+        out.print(f"[bold]{title}[/bold] ({len(frame)}):")
+        for _, r in frame.iterrows():
+            delta = "" if pd.isna(r["delta"]) else f"  Δ {r['delta']:+.2f}"
+            out.print(f"  {r['backbone']} {r['task']}.v{r['task_version']}/{r['dataset']} [{r['setting']}] "
+                      f"{r['metric']}: {r['mean_baseline']:.2f} → {r['mean_current']:.2f}{delta}", highlight=False)
+    out.print(f"{len(result.unchanged)} unchanged within ±{tolerance}")
+    if not result.ok:
+        raise HarnessError(f"{len(result.regressed)} regression(s) beyond {tolerance} and "
+                           f"{len(result.missing)} missing row(s) against {baseline}")
+
+
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets | suites")]) -> None:
     """List what is registered, without importing any model code."""
