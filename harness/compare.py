@@ -54,7 +54,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
     both = merged[merged["_merge"] == "both"].drop(columns="_merge")
     return Comparison(
         improved=both[both["delta"] > tolerance],
-        regressed=both[both["delta"] < -tolerance],
+        regressed=both[(both["delta"] < -tolerance) | both["mean_current"].isna()],  # NaN: the metric is gone
         unchanged=both[both["delta"].abs() <= tolerance],
         missing=merged[merged["_merge"] == "left_only"].drop(columns="_merge"),
         new=merged[merged["_merge"] == "right_only"].drop(columns="_merge"),
