@@ -120,6 +120,45 @@ def leaderboard(
     _print_leaderboard(suite, out_dir)
 
 
+@app.command("profile")
+def profile_cmd(
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
+    variant: Annotated[str | None, typer.Option(help="variant (default: the backbone's)")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8,32",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    repeats: Annotated[int, typer.Option(help="timed repeats (median and p90 reported)")] = 5,
+    warmup: Annotated[int, typer.Option(help="untimed warm-up passes")] = 2,
+    suite: Annotated[str, typer.Option(help="suite whose leaderboard is joined for accuracy")] = "mini",
+    out_dir: Annotated[Path, typer.Option(help="where profiles.{csv,md} are written")] = Path("leaderboards"),
+) -> None:
+    """Latency, images/s, peak memory, params and FLOPs per backbone and batch size → MLflow + profiles.md."""
+    from harness.config import BackboneConfig, validate
+    from harness.planner import resolve_backbones
+    from harness.profiler import profile
+    from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
+    from harness.tracking import Tracker
+
+    sizes = [int(b) for b in _split_csv([batch_sizes])]
+    tracker = Tracker("profiles", experiment="profiles")
+    rows = []
+    for name in resolve_backbones(_split_csv(backbone)):
+        from harness.catalog import BACKBONES
+
+        cls = BACKBONES.get(name)
+        var = variant if variant in cls.variants else (variant or cls.default_variant)
+        cfg = validate(BackboneConfig, {"name": name, "variant": var, "device": device, "dtype": dtype}, "profile")
+        for row in profile(cfg, sizes, warmup=warmup, repeats=repeats):
+            tracker.log_profile(row)
+            rows.append(row)
+            err.print(f"{name}:{var} bs={row['batch_size']}: " + (row.get("error") or
+                      f"{row['latency_median_s'] * 1000:.1f} ms/batch, {row['images_per_s']:.1f} img/s"))
+    table = update_profiles(rows, out_dir)
+    text = render_profiles(table, accuracy_by_backbone(out_dir / f"{suite}.csv"), suite)
+    (out_dir / "profiles.md").write_text(text)
+    print(text)
+
+
 @app.command("compare")
 def compare_cmd(
     current: Annotated[str, typer.Argument(help="leaderboard CSV or suite name")],

@@ -42,19 +42,20 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """A thin, explicit wrapper: everything MLflow sees comes from a run record."""
 
-    def __init__(self, suite: str):
+    def __init__(self, suite: str, experiment: str | None = None):
         import mlflow
 
         for noisy in ("mlflow", "alembic"):  # schema-migration chatter would bury the progress bars
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.mlflow = mlflow
         self.suite = suite
+        self.experiment = experiment or experiment_name(suite)
         mlflow.set_tracking_uri(tracking_uri())
         self.client = mlflow.MlflowClient()
         self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
-        name = experiment_name(self.suite)
+        name = self.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -112,6 +113,18 @@ class Tracker:
             for name, path in (artifacts or {}).items():
                 self.mlflow.log_artifact(str(path), artifact_path=name)
             return run.info.run_id
+
+    def log_profile(self, row: dict[str, Any]) -> str:
+        """One run per (backbone, batch size) profile row: numbers as metrics, the rest as params."""
+        metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        params = {k: str(v)[:500] for k, v in flatten(row).items() if k not in metrics}
+        name = f"{row['backbone']}:{row['variant']} bs={row['batch_size']} {row.get('device', '')}"
+        with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name,
+                                   tags={"harness.kind": "profile", "harness.backbone": row["backbone"]}):
+            self.mlflow.log_params(params)
+            self.mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+            self.mlflow.log_dict(row, "profile.json")
+            return self.mlflow.active_run().info.run_id
 
     def job_runs(self):  # -> pandas.DataFrame
         """Every finished job run of the suite, newest first, as MLflow's own DataFrame."""
