@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,3 +40,25 @@ def check_kinds(backbone: str, kinds: Sequence[str], known: Sequence[str]) -> No
     unknown = set(kinds) - set(known)
     if unknown:
         raise HarnessError(f"backbone '{backbone}' has no feature kind(s) {sorted(unknown)}; known: {', '.join(known)}")
+
+
+# The keys of a timm pretrained_cfg that change preprocessing (what resolve_model_data_config reads).
+TIMM_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def timm_weights_data_cfg(path: Path | None) -> dict[str, Any]:
+    """The preprocessing keys of a timm `config.json` beside the weights, as timm's own hf-hub loader uses."""
+    cfg_path = path.parent / "config.json" if path is not None else None
+    if cfg_path is None or not cfg_path.is_file():
+        return {}
+    try:
+        pretrained = json.loads(cfg_path.read_text()).get("pretrained_cfg") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained.items() if k in TIMM_DATA_KEYS}
+
+
+def dense_block_indices(depth: int, levels: int = 4) -> list[int]:
+    """`levels` evenly spaced 0-based block indices ending with the last block (12 -> 2, 5, 8, 11)."""
+    n = min(levels, depth)
+    return [round(depth * (k + 1) / n) - 1 for k in range(n)]

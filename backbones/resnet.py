@@ -7,7 +7,6 @@ from and fingerprints them. Preprocessing is timm's own data config for the mode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,13 @@ import timm.data
 import torch
 
 from backbones.cards import RESNET
-from backbones.common import check_kinds, compute_context, freeze, torch_dtype
+from backbones.common import (
+    check_kinds,
+    compute_context,
+    freeze,
+    timm_weights_data_cfg,
+    torch_dtype,
+)
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
 from harness.errors import HarnessError
@@ -29,20 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
-# The keys of a timm pretrained_cfg that change preprocessing (what resolve_model_data_config reads).
-_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
-
-def _weights_data_cfg(path: Path | None) -> dict[str, Any]:
-    """The preprocessing keys of a timm `config.json` beside the weights, as timm's own hf-hub loader uses."""
-    cfg_path = path.parent / "config.json" if path is not None else None
-    if cfg_path is None or not cfg_path.is_file():
-        return {}
-    try:
-        pretrained = json.loads(cfg_path.read_text()).get("pretrained_cfg") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained.items() if k in _DATA_KEYS}
 
 
 @register_backbone("resnet")
@@ -61,7 +53,7 @@ class ResNetBackbone(Backbone):
         self.weights: ResolvedWeights = resolve_weights(config.weights or self.card.weights, seed=config.seed)
         # Preprocessing: timm's cfg for the arch < the weights' config.json < the card's overlay.
         card_overlay = self.card.extra.get("pretrained_cfg_overlay", {})
-        overlay = {**_weights_data_cfg(self.weights.path), **card_overlay}
+        overlay = {**timm_weights_data_cfg(self.weights.path), **card_overlay}
         with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
             torch.manual_seed(config.seed)
             model = timm.create_model(self.card.arch, pretrained=False, num_classes=0,

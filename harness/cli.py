@@ -195,16 +195,21 @@ def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets
 
     table = Table(title=what)
     if what == "backbones":
-        for col in ("name", "variants", "default weights", "source", "description"):
+        for col in ("name", "variant", "default weights", "resolution", "params", "features", "source"):
             table.add_column(col, overflow="fold")
         for e in BACKBONES.entries():
             try:  # a broken plug-in shows as such; it cannot break the listing
                 cards = import_target(e.meta["cards"]) if "cards" in e.meta else {}
-                variants = ", ".join(cards) or "?"
-                weights = "; ".join(f"{k}: {c.weights}" for k, c in cards.items())
             except Exception as exc:
-                variants, weights = "?", f"(unavailable: {type(exc).__name__}: {exc})"
-            table.add_row(e.name, variants, weights, e.source, e.meta.get("description", ""))
+                table.add_row(e.name, "?", f"(unavailable: {type(exc).__name__}: {exc})", "", "", "", e.source)
+                continue
+            for i, (vname, card) in enumerate(cards.items()):
+                params = card.extra.get("params")
+                table.add_row(e.name if i == 0 else "", vname, card.weights, str(card.extra.get("resolution", "")),
+                              f"{params / 1e6:.1f}M" if params else "",
+                              ", ".join(card.extra.get("feature_kinds", ())), e.source if i == 0 else "")
+            if not cards:
+                table.add_row(e.name, "?", "", "", "", "", e.source)
     elif what == "tasks":
         for col in ("name", "source", "description"):
             table.add_column(col)

@@ -6,6 +6,7 @@ fingerprint and the weights fingerprint. Same inputs → same key, so resume is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Job(StrictModel):
     column: str
     data_fingerprint: str
     weights_fingerprint: str
+    card_fingerprint: str = ""  # the variant card (architecture config), so editing a tiny config re-runs
 
     @property
     def key(self) -> str:
@@ -109,7 +111,9 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     backbones = []
     for name in resolve_backbones(run.backbones):
         cfg = backbone_config(name, run, suite)
-        backbones.append((cfg, BACKBONES.get(name).weights_fingerprint(cfg)))
+        cls = BACKBONES.get(name)
+        card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
+        backbones.append((cfg, cls.weights_fingerprint(cfg), card))
     data_fps: dict[str, str | None] = {}
     for entry in suite.entries:
         task = TASKS.get(entry.task)
@@ -128,11 +132,12 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                 raw = {**entry.protocol, **point, **overrides}
                 where = f"suite '{suite.name}', task '{entry.task}', protocol"
                 protocol = validate(task.protocol_model, raw, where).model_dump(mode="json")
-                for cfg, weights_fp in backbones:
+                for cfg, weights_fp, card_fp in backbones:
                     result.jobs.append(Job(
                         suite=suite.name, backbone=cfg, task=entry.task, task_version=task.version,
                         dataset=ds_name, protocol=protocol, column=task.column_label(protocol),
-                        data_fingerprint=data_fps[ds_name], weights_fingerprint=weights_fp))
-    order = {cfg: i for i, (cfg, _) in enumerate(backbones)}
+                        data_fingerprint=data_fps[ds_name], weights_fingerprint=weights_fp,
+                        card_fingerprint=card_fp))
+    order = {cfg: i for i, (cfg, _, _) in enumerate(backbones)}
     result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
     return result

@@ -113,3 +113,14 @@ def test_bf16_autocast_on_cpu_returns_fp32():
     bb = ResNetBackbone(cfg(dtype="bf16"))
     out = bb.image_features(bb.preprocess(images(1)), kinds=("global", "dense"))
     assert out.global_.dtype == torch.float32 and out.dense["layer4"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("variant", ["resnet50", "resnet101", "tiny"])
+def test_card_params_and_width_match_the_architecture(variant):
+    from backbones.cards import RESNET
+
+    card = RESNET[variant]
+    with torch.device("meta"):
+        model = timm.create_model(card.arch, pretrained=False, num_classes=0)
+    assert card.extra["params"] == sum(p.numel() for p in model.parameters())
+    assert card.extra["embed_dim"] == model.num_features
