@@ -13,10 +13,10 @@ def make_plan(**kw):
 
 def test_mini_suite_expands_to_grid_with_tiny_variant():
     p = make_plan()
-    assert len(p.jobs) == 9  # shots {1,4,16} x seeds {1,2,3}
+    assert len(p.jobs) == 18  # heads {linear-probe, text-classifier} x shots {1,4,16} x seeds {1,2,3}
     assert {j.backbone.variant for j in p.jobs} == {"tiny"}
-    assert {(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs} == {
-        (k, s) for k in (1, 4, 16) for s in (1, 2, 3)}
+    assert {(j.protocol["head"], j.protocol["shots"], j.protocol["seed"]) for j in p.jobs} == {
+        (h, k, s) for h in ("linear-probe", "text-classifier") for k in (1, 4, 16) for s in (1, 2, 3)}
     assert all(j.task_version == "1" for j in p.jobs)
 
 
@@ -37,7 +37,7 @@ def test_key_changes_with_protocol_weights_data_and_version():
 
 
 def test_seeds_and_set_override_the_grid():
-    p = make_plan(seeds=[7], overrides={"shots": 2})
+    p = make_plan(seeds=[7], overrides={"shots": 2, "head": "linear-probe"})
     assert [(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs] == [(2, 7)]
 
 
