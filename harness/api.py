@@ -185,8 +185,15 @@ class Task(abc.ABC):
     repeat_keys: ClassVar[tuple[str, ...]] = ("seed",)
     # Protocol keys that make a separate leaderboard column (e.g. shots, head).
     column_keys: ClassVar[tuple[str, ...]] = ()
-    # The metric the leaderboard shows by default.
+    # The metric the leaderboard sorts and summarises by, and every metric it shows (primary first).
     primary_metric: ClassVar[str]
+    report_metrics: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def required_datasets(cls, protocol: StrictModel) -> list[str]:
+        """Datasets a protocol point needs besides the evaluated one (e.g. OVSS's training set): the planner
+        checks they are prepared and folds their fingerprints into the job key."""
+        return []
 
     @abc.abstractmethod
     def evaluate(self, backbone: Backbone, dataset: Dataset, protocol: StrictModel, ctx: JobContext) -> Result:

@@ -74,6 +74,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         "task": job.task,
         "task_version": job.task_version,
         "primary_metric": task_cls.primary_metric,
+        "report_metrics": list(task_cls.report_metrics or (task_cls.primary_metric,)),
         "dataset": job.dataset,
         "data_fingerprint": job.data_fingerprint,
         "protocol": job.protocol,

@@ -29,20 +29,23 @@ def runs_to_long(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.drop_duplicates(subset="tags.harness.job_key", keep="first")  # newest first from MLflow
     rows = []
     for _, run in runs.iterrows():
-        metric = run["tags.harness.primary_metric"]
-        value = run.get(f"metrics.{metric}")
-        if value is None or pd.isna(value):
-            continue
-        rows.append({
-            "backbone": backbone_label(run["tags.harness.backbone"], run["tags.harness.variant"],
-                                       run.get("tags.harness.weights_kind", "")),
-            "task": run["tags.harness.task"],
-            "task_version": str(run["tags.harness.task_version"]),
-            "dataset": run["tags.harness.dataset"],
-            "setting": run["tags.harness.column"],
-            "metric": metric,
-            "value": float(value),
-        })
+        primary = run["tags.harness.primary_metric"]
+        reported = run.get("tags.harness.report_metrics")
+        metrics = reported.split(",") if isinstance(reported, str) and reported else [primary]
+        for metric in metrics:
+            value = run.get(f"metrics.{metric}")
+            if value is None or pd.isna(value):
+                continue
+            rows.append({
+                "backbone": backbone_label(run["tags.harness.backbone"], run["tags.harness.variant"],
+                                           run.get("tags.harness.weights_kind", "")),
+                "task": run["tags.harness.task"],
+                "task_version": str(run["tags.harness.task_version"]),
+                "dataset": run["tags.harness.dataset"],
+                "setting": run["tags.harness.column"],
+                "metric": metric,
+                "value": float(value),
+            })
     df = pd.DataFrame(rows)
     keys = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
     grouped = df.groupby(keys, sort=True)["value"]

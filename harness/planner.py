@@ -115,29 +115,37 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
         card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
         backbones.append((cfg, cls.weights_fingerprint(cfg), card))
     data_fps: dict[str, str | None] = {}
+
+    def fingerprint_of(name: str) -> str | None:
+        """The dataset's fingerprint, or None (and a row in `missing`) when it is not prepared."""
+        if name not in data_fps:
+            ds = open_dataset(name)
+            if ds.is_present():
+                data_fps[name] = ds.fingerprint()
+            else:
+                result.missing.append(MissingDataset(name, ds.root, ds.prepare_hint))
+                data_fps[name] = None
+        return data_fps[name]
+
     for entry in suite.entries:
         task = TASKS.get(entry.task)
         overrides = {k: v for k, v in run.overrides.items() if k in task.protocol_model.model_fields}
         for ds_name in entry.datasets:
-            if ds_name not in data_fps:
-                ds = open_dataset(ds_name)
-                if not ds.is_present():
-                    result.missing.append(MissingDataset(ds_name, ds.root, ds.prepare_hint))
-                    data_fps[ds_name] = None
-                else:
-                    data_fps[ds_name] = ds.fingerprint()
-            if data_fps[ds_name] is None:
-                continue
             for point in protocol_points(entry.grid, run, overrides):
                 raw = {**entry.protocol, **point, **overrides}
                 where = f"suite '{suite.name}', task '{entry.task}', protocol"
-                protocol = validate(task.protocol_model, raw, where).model_dump(mode="json")
+                validated = validate(task.protocol_model, raw, where)
+                names = [ds_name, *task.required_datasets(validated)]
+                fps = [fingerprint_of(n) for n in names]  # every one, so `missing` lists them all
+                if any(fp is None for fp in fps):
+                    continue
+                protocol = validated.model_dump(mode="json")
+                data_fp = fps[0] if len(fps) == 1 else sha256_text(canonical_json(dict(zip(names, fps, strict=True))))
                 for cfg, weights_fp, card_fp in backbones:
                     result.jobs.append(Job(
                         suite=suite.name, backbone=cfg, task=entry.task, task_version=task.version,
                         dataset=ds_name, protocol=protocol, column=task.column_label(protocol),
-                        data_fingerprint=data_fps[ds_name], weights_fingerprint=weights_fp,
-                        card_fingerprint=card_fp))
+                        data_fingerprint=data_fp, weights_fingerprint=weights_fp, card_fingerprint=card_fp))
     order = {cfg: i for i, (cfg, _, _) in enumerate(backbones)}
     result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
     return result

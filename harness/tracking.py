@@ -50,6 +50,7 @@ class Tracker:
         self.mlflow = mlflow
         self.suite = suite
         self.experiment = experiment or experiment_name(suite)
+        self.default_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri may export it
         mlflow.set_tracking_uri(tracking_uri())
         self.client = mlflow.MlflowClient()
         self.experiment_id = self._experiment()
@@ -60,7 +61,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         artifact_location = None
-        if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        if self.default_store:
             artifact_location = (harness_home() / "mlartifacts").as_uri()
         return self.client.create_experiment(name, artifact_location=artifact_location)
 
@@ -95,6 +96,7 @@ class Tracker:
             "harness.dataset": record["dataset"],
             "harness.column": record["column"],
             "harness.primary_metric": record["primary_metric"],
+            "harness.report_metrics": ",".join(record.get("report_metrics") or [record["primary_metric"]]),
             "harness.git_commit": record["environment"]["git_commit"],
             "harness.device": record["environment"]["device"],
             "harness.packages": ",".join(f"{k}=={v}" for k, v in record["environment"]["packages"].items()),

@@ -158,3 +158,69 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _folder_fingerprint(folder: Path, include: Sequence[str]) -> str:
+    """sha256 over (relative path, file sha256) of the files under `folder` that match `include`."""
+    import fnmatch
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pat) for pat in include))
+    for path in files:
+        h.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def resolve_model_folder(spec: str, *, seed: int = 0, required: Sequence[str] = ("model_index.json",),
+                         include: Sequence[str] = ("*",),
+                         allow_patterns: Sequence[str] | None = None) -> ResolvedWeights:
+    """Resolve a spec naming a whole model *folder* (diffusers layout, a transformers model dir, ...).
+
+    A multi-component model (a Stable Diffusion pipeline: unet/, vae/, text_encoder/, ...) is loaded from a
+    folder rather than from one file, so `path` is the folder: a local directory, or the hub id's cached
+    snapshot (offline first, like `resolve_weights`). `required` are relative paths that must exist (a
+    half-downloaded snapshot is an error that names the missing file); `include` are the glob patterns of
+    the files the model is loaded from, hashed for a local folder's fingerprint (a hub snapshot is named by
+    its commit instead); `allow_patterns` limit a download (default: `include`).
+    """
+    if spec == "random":
+        return ResolvedWeights("random", spec, None, f"random(seed={seed})")
+
+    def check(folder: Path) -> str | None:
+        missing = [r for r in required if not (folder / r).exists()]
+        return f"{folder} lacks {', '.join(missing)}" if missing else None
+
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        if (why := check(local)) is not None:
+            raise WeightsMissingError(f"model folder {why} (expected a complete model folder, a Hugging Face "
+                                      f"hub id, or 'random')")
+        return ResolvedWeights("file", spec, local, f"sha256:{_folder_fingerprint(local, include)}")
+    if local.exists() or spec.startswith(("/", "./", "../", "~")):
+        raise WeightsMissingError(f"model folder {local} does not exist or is not a directory (give a model "
+                                  f"folder, a Hugging Face hub id, or 'random')")
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision = _parse_hub_id(spec)
+    cache = hf_hub_cache()
+    snapshot: Path | None = None
+    why: str | None = "not in the cache"
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+        why = check(snapshot)
+    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
+        why = f"not in the cache: {type(exc).__name__}"
+    if why is not None and not hf_offline():
+        try:
+            snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache,
+                                              allow_patterns=list(allow_patterns or include)))
+            why = check(snapshot)
+        except Exception as exc:  # no network, unknown repo, gated repo, ...
+            why = f"download failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    elif why is not None:
+        why += "; HF_HUB_OFFLINE is set, so no download was tried"
+    if why is not None or snapshot is None:
+        raise _missing(repo_id, revision, cache, why or "not in the cache")
+    return ResolvedWeights("hub", spec, snapshot, f"{repo_id}@{snapshot.name}")

@@ -85,7 +85,7 @@ def train_text_classifier(inputs: Inputs, labels: torch.Tensor, class_embeddings
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         history.append(total / n)
     return model.eval(), history
 

@@ -13,6 +13,9 @@ def make_plan(**kw):
 
 def test_mini_suite_expands_to_grid_with_tiny_variant():
     p = make_plan()
+    assert {j.task for j in p.jobs} == {"fsc", "sbir", "ovss"}
+    assert [j.dataset for j in p.jobs if j.task == "ovss"] == ["mini_ovss"]
+    p.jobs = [j for j in p.jobs if j.task == "fsc"]
     assert len(p.jobs) == 18  # heads {linear-probe, text-classifier} x shots {1,4,16} x seeds {1,2,3}
     assert {j.backbone.variant for j in p.jobs} == {"tiny"}
     assert {(j.protocol["head"], j.protocol["shots"], j.protocol["seed"]) for j in p.jobs} == {
@@ -38,7 +41,8 @@ def test_key_changes_with_protocol_weights_data_and_version():
 
 def test_seeds_and_set_override_the_grid():
     p = make_plan(seeds=[7], overrides={"shots": 2, "head": "linear-probe"})
-    assert [(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs] == [(2, 7)]
+    assert [(j.protocol["shots"], j.protocol["seed"]) for j in p.jobs if j.task == "fsc"] == [(2, 7)]
+    assert {j.protocol["seed"] for j in p.jobs} == {7}
 
 
 def test_bad_override_value_names_the_key():
@@ -59,5 +63,6 @@ def test_all_suite_lists_missing_datasets_without_jobs():
     run = RunConfig(suite="all", backbones=["resnet"], variant="tiny")
     p = plan(run, load_suite("all"))
     assert p.jobs == []
-    assert len(p.missing) == 11
+    assert len(p.missing) == 11 + 4 + 6  # FSC, SBIR, and OVSS test sets plus the COCO-Stuff training set
+    assert "coco_stuff_171" in {m.name for m in p.missing}
     assert all(m.hint for m in p.missing)

@@ -71,13 +71,13 @@ def records(tmp_path: Path) -> dict[str, dict]:
 def test_mini_suite_end_to_end_resume_and_leaderboard(tmp_path):
     first = harness("run", "--backbone", "resnet", "--suite", "mini", "--seeds", "1,2")
     recs = records(tmp_path)
-    assert len(recs) == 12  # heads {linear-probe, text-classifier} x shots {1,4,16} x seeds {1,2}
-    assert "12 job(s) ran, 0 skipped" in first.stderr
+    assert len(recs) == 16  # fsc: 2 heads x 3 shots x 2 seeds; sbir: 2 seeds; ovss: 2 seeds
+    assert "16 job(s) ran, 0 skipped" in first.stderr
     csv1 = pd.read_csv(tmp_path / "leaderboards" / "mini.csv")
     md1 = (tmp_path / "leaderboards" / "mini.md").read_text()
 
     second = harness("run", "--backbone", "resnet", "--suite", "mini", "--seeds", "1,2")
-    assert "0 job(s) ran, 12 skipped" in second.stderr
+    assert "0 job(s) ran, 16 skipped" in second.stderr
     assert records(tmp_path) == recs  # nothing recomputed or rewritten
 
     again = harness("leaderboard", "--suite", "mini")  # a new process, reading MLflow back
@@ -92,17 +92,17 @@ def test_mini_suite_end_to_end_resume_and_leaderboard(tmp_path):
     runs = mlflow.search_runs(experiment_names=["harness-mini"])
     jobs = runs[runs["tags.harness.kind"] == "job"]
     parents = runs[runs["tags.harness.kind"] == "invocation"]
-    assert len(jobs) == 12 and len(parents) == 2
+    assert len(jobs) == 16 and len(parents) == 2
     assert set(jobs["tags.mlflow.parentRunId"]) <= set(parents["run_id"])
     assert set(jobs["tags.harness.job_key"]) == set(recs)
-    one = jobs.iloc[0]
+    one = jobs[jobs["tags.harness.task"] == "fsc"].iloc[0]
     logged = mlflow.artifacts.load_dict(f"{one['artifact_uri']}/record.json")
     assert logged == recs[one["tags.harness.job_key"]]
     assert one["metrics.top1"] == logged["metrics"]["top1"]
 
     # Same seed → identical metrics (a fresh home); different seed → a different support set.
     by_point = {(r["protocol"]["shots"], r["protocol"]["seed"]): r for r in recs.values()
-                if r["protocol"]["head"] == "linear-probe"}
+                if r["task"] == "fsc" and r["protocol"]["head"] == "linear-probe"}
     assert by_point[(4, 1)]["details"]["support_paths"] != by_point[(4, 2)]["details"]["support_paths"]
     other = tmp_path / "other"
     other.mkdir()

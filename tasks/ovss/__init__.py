@@ -1,0 +1,1 @@
+"""Open-vocabulary semantic segmentation: readers, mini generator, dense text head, inference and mIoU."""
