@@ -41,6 +41,7 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
     skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+    shard_: Annotated[str | None, typer.Option("--shard", help="run slice I/N of the job grid (0-based)")] = None,
 ) -> None:
     """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
     from harness.config import RunConfig, parse_overrides, validate
@@ -70,6 +71,10 @@ def run(
         if not cfg.skip_missing:
             raise HarnessError(f"{len(the_plan.missing)} dataset(s) of suite '{spec.name}' are not prepared "
                                "(table above); prepare them or pass --skip-missing")
+    if shard_:
+        from harness.planner import parse_shard, shard
+
+        the_plan.jobs = shard(the_plan.jobs, *parse_shard(shard_))
     if cfg.dry_run:
         _print_plan(the_plan)
         return

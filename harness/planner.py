@@ -149,3 +149,21 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     order = {cfg: i for i, (cfg, _, _) in enumerate(backbones)}
     result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
     return result
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` (0-based I) → (I, N)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard expects I/N with 0 <= I < N, got '{text}'") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard expects I/N with 0 <= I < N, got '{text}'")
+    return i, n
+
+
+def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
+    """A deterministic slice: job keys sorted, every `count`-th from `index`. The N slices cover the grid
+    exactly once, whatever order the suite lists things in, so N processes need not talk to each other."""
+    mine = set(sorted(job.key for job in jobs)[index::count])
+    return [job for job in jobs if job.key in mine]

@@ -2,7 +2,7 @@ import pytest
 
 from harness.config import RunConfig
 from harness.errors import ConfigError, UnknownNameError
-from harness.planner import plan
+from harness.planner import parse_shard, plan, shard
 from harness.suites import load_suite
 
 
@@ -66,3 +66,14 @@ def test_all_suite_lists_missing_datasets_without_jobs():
     assert len(p.missing) == 11 + 4 + 6  # FSC, SBIR, and OVSS test sets plus the COCO-Stuff training set
     assert "coco_stuff_171" in {m.name for m in p.missing}
     assert all(m.hint for m in p.missing)
+
+
+def test_shards_cover_the_grid_exactly_once():
+    jobs = make_plan().jobs
+    parts = [shard(jobs, i, 3) for i in range(3)]
+    keys = [j.key for part in parts for j in part]
+    assert sorted(keys) == sorted(j.key for j in jobs) and len(set(keys)) == len(keys)
+    assert [j.key for j in shard(list(reversed(jobs)), 1, 3)] == [j.key for j in reversed(parts[1])]
+    assert parse_shard("2/4") == (2, 4)
+    with pytest.raises(ConfigError, match="--shard"):
+        parse_shard("4/4")
