@@ -61,6 +61,14 @@ class Backbone(abc.ABC):
         self.config = config
         self.card = self.variants[config.variant]
 
+    @classmethod
+    def validate_options(cls, config: BackboneConfig) -> None:
+        """Reject `config.options` this backbone does not understand (plain backbones take none)."""
+        if config.options:
+            from harness.errors import ConfigError
+
+            raise ConfigError(f"backbone '{cls.name}' takes no options, got {', '.join(sorted(config.options))}")
+
     @abc.abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Images → a batch tensor with the model's own resolution and normalisation."""

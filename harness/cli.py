@@ -37,6 +37,7 @@ def run(
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
     seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1,2,3")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="backbone feature option: KEY=VALUE (t=50)")] = None,
     resume: Annotated[bool, typer.Option(help="skip jobs whose key already finished")] = True,
     dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
     skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
@@ -57,7 +58,8 @@ def run(
     cfg = validate(RunConfig, {
         "suite": suite, "backbones": _split_csv(backbone), "variant": variant, "weights": weights,
         "device": device, "dtype": dtype, "batch_size": batch_size, "seeds": seed_list,
-        "overrides": parse_overrides(set_ or []), "resume": resume, "skip_missing": skip_missing,
+        "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or []),
+        "resume": resume, "skip_missing": skip_missing,
         "dry_run": dry_run}, "command line")
     spec = load_suite(cfg.suite)
     the_plan = plan(cfg, spec)

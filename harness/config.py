@@ -24,6 +24,12 @@ class BackboneConfig(StrictModel):
     dtype: Dtype = "fp32"
     batch_size: int = Field(32, ge=1)
     seed: int = 0  # seeds random-init weights
+    options: dict[str, Any] = Field(default_factory=dict)  # backbone-specific feature options (Vermouth: t, stages)
+
+    def __hash__(self) -> int:  # `options` is a dict; the canonical JSON identifies the config
+        from harness.io import canonical_json
+
+        return hash(canonical_json(self.model_dump(mode="json")))
 
 
 class SuiteEntry(StrictModel):
@@ -66,6 +72,7 @@ class RunConfig(StrictModel):
     batch_size: int | None = None
     seeds: list[int] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
+    backbone_options: dict[str, Any] = Field(default_factory=dict)
     resume: bool = True
     skip_missing: bool = False
     dry_run: bool = False

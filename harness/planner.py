@@ -79,8 +79,10 @@ def backbone_config(name: str, run: RunConfig, suite: SuiteSpec) -> BackboneConf
     variant = run.variant or (suite.variant if suite.variant in cls.variants else None) or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
-    return BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
-                          dtype=run.dtype, batch_size=run.batch_size or suite.batch_size)
+    cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
+                         dtype=run.dtype, batch_size=run.batch_size or suite.batch_size, options=run.backbone_options)
+    cls.validate_options(cfg)
+    return cfg
 
 
 def _check_overrides(suite: SuiteSpec, overrides: dict[str, Any]) -> None:

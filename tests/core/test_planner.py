@@ -77,3 +77,14 @@ def test_shards_cover_the_grid_exactly_once():
     assert parse_shard("2/4") == (2, 4)
     with pytest.raises(ConfigError, match="--shard"):
         parse_shard("4/4")
+
+
+def test_backbone_options_are_validated_and_keyed():
+    with pytest.raises(ConfigError, match="takes no options"):
+        make_plan(backbone_options={"t": 50})
+    base = {j.key for j in make_plan(backbones=["vermouth"]).jobs}
+    t50 = make_plan(backbones=["vermouth"], backbone_options={"t": 50}).jobs
+    assert {j.backbone.options["t"] for j in t50} == {50}
+    assert base.isdisjoint(j.key for j in t50)
+    with pytest.raises(ConfigError, match="tt"):
+        make_plan(backbones=["vermouth"], backbone_options={"tt": 50})

@@ -20,15 +20,17 @@ def test_mini_suite_one_job_each_and_leaderboard_rows(tmp_path: Path):
     """`harness run --backbone clip|dino --suite mini --seeds 1 --set shots=4`, both in one invocation (one
     interpreter start-up instead of two keeps this file fast); each backbone builds, extracts and is probed."""
     proc = harness("run", "--backbone", "clip,dino", "--suite", "mini", "--seeds", "1", "--set", "shots=4")
-    assert "2 job(s) ran, 0 skipped" in proc.stderr
+    assert "8 job(s) ran, 0 skipped" in proc.stderr  # per backbone: fsc x 2 heads, sbir, ovss
     rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     for backbone in ("clip", "dino"):
         assert any(f"{backbone}:tiny (random init)" in row for row in rows), proc.stdout
     recs = [json.loads(p.read_text()) for p in (tmp_path / "home" / "records").glob("*.json")]
-    assert sorted(r["backbone"]["name"] for r in recs) == ["clip", "dino"]
+    assert sorted((r["backbone"]["name"], r["task"]) for r in recs) == sorted(
+        (b, t) for b in ("clip", "dino") for t in ("fsc", "fsc", "sbir", "ovss"))
     for rec in recs:
         assert rec["weights_fingerprint"] == "random(seed=0)"
-        assert 0.0 <= rec["metrics"]["top1"] <= 100.0
+        metric = rec["metrics"][rec["primary_metric"]]
+        assert 0.0 <= metric <= 100.0
 
 
 def test_missing_weights_is_one_line_naming_id_and_fetch_command(tmp_path: Path, monkeypatch):

@@ -1,0 +1,241 @@
+"""The harness backbone: frozen SD (+ BLIP prompts, + expert trunk) features and the trainable Vermouth neck.
+
+`dense` = the selected levels "L0".."L3" (+ the expert's frozen taps "expert_*"); `global` = the
+concatenated global-average-pooled selected levels (the untrained "pooled levels" embedding), so a linear
+probe reads Vermouth like any backbone; `neck()` / `dense_neck()` give the method's trainable U-head
+(+ expert adapters) over `dense`. Feature options (t, noise, stages, prompt, ...) come from the variant
+card, then from `config.options` when the config has that field, then from constructor keywords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backbones.common import check_kinds, compute_context, freeze, torch_dtype
+from backbones.vermouth.cards import VERMOUTH
+from backbones.vermouth.components import (
+    SDParts,
+    build_blip,
+    build_sd,
+    load_blip,
+    load_sd,
+    resolve_captioner,
+    resolve_pipeline,
+)
+from backbones.vermouth.diffusion import DiffusionFeatures, image_id
+from backbones.vermouth.expert import ExpertFusion, ExpertTrunk
+from backbones.vermouth.neck import VermouthNeck
+from backbones.vermouth.options import VermouthOptions, resolve_options
+from backbones.vermouth.prompts import BlipCaptioner, PromptSource, TextEncoder
+from backbones.vermouth.uhead import DenseUHead, UHead
+from harness.api import Backbone, Features
+from harness.catalog import register_backbone
+from harness.weights import ResolvedWeights, resolve_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.config import BackboneConfig
+
+FEATURE_VERSION = 1  # bump when the extraction changes numerically: it is part of the fingerprint
+
+
+def _options(cls: type[VermouthBackbone], config: BackboneConfig, overrides: dict[str, Any]) -> VermouthOptions:
+    card = cls.variants[config.variant or cls.default_variant]
+    return resolve_options(card, {**(getattr(config, "options", None) or {}), **overrides})
+
+
+def _captioner_spec(opts: VermouthOptions, pipeline: ResolvedWeights) -> str:
+    """An explicit `captioner` option wins; else `<pipeline folder>/blip` if present; else the card's."""
+    if opts.captioner is not None:
+        return opts.captioner
+    if pipeline.path is not None and (pipeline.path / "blip" / "config.json").is_file():
+        return str(pipeline.path / "blip")
+    return opts.default_captioner
+
+
+def _weights_id(pipeline: ResolvedWeights, expert: ResolvedWeights | None,
+                captioner: ResolvedWeights | None) -> str:
+    """Every set of weights the features depend on, in one string."""
+    parts = [pipeline.fingerprint]
+    if expert is not None:
+        parts.append(f"expert={expert.fingerprint}")
+    if captioner is not None:
+        parts.append(f"captioner={captioner.fingerprint}")
+    return "|".join(parts)
+
+
+@register_backbone("vermouth")
+class VermouthBackbone(Backbone):
+    """Stable Diffusion UNet levels as frozen features; U-head + adapted expert as the trainable neck."""
+
+    name = "vermouth"
+    variants = VERMOUTH
+    default_variant = "sd15"
+    feature_kinds = ("global", "dense")
+
+    def __init__(self, config: BackboneConfig, **overrides: Any):
+        super().__init__(config)
+        torch_dtype(config.dtype)  # validates the name before any work
+        self.options = _options(type(self), config, overrides)
+        opts = self.options
+        self.device = torch.device(config.device)
+        self.weights: ResolvedWeights = resolve_pipeline(config.weights or self.card.weights, config.seed,
+                                                         self.card.arch)
+        if self.weights.path is None:
+            parts = build_sd(self.card.arch, config.seed)
+        else:
+            parts = load_sd(self.weights.path)
+        for module in parts.modules().values():
+            freeze(module, self.device)
+        self.parts: SDParts = parts
+        self.diffusion = DiffusionFeatures(parts.unet, parts.vae, parts.scheduler, t=opts.t, noise=opts.noise,
+                                           stages=opts.stages, seed=config.seed,
+                                           cross_attention=opts.cross_attention,
+                                           cross_attention_l3=opts.cross_attention_l3, early_exit=opts.early_exit)
+        self.text = TextEncoder(parts.tokenizer, parts.text_encoder, self.device)
+        self.captioner: BlipCaptioner | None = None
+        self.captioner_weights: ResolvedWeights | None = None
+        if opts.prompt == "blip":
+            self.captioner = self._captioner()
+        self.prompts = PromptSource(opts.prompt, self.text, self.captioner)
+        self.expert: ExpertTrunk | None = None
+        if opts.expert != "none":
+            self.expert = ExpertTrunk(opts.expert, opts.experts[opts.expert], seed=config.seed, device=self.device,
+                                      levels=opts.stages)
+
+    def _captioner(self) -> BlipCaptioner:
+        opts = self.options
+        spec = _captioner_spec(opts, self.weights)
+        self.captioner_weights = weights = resolve_captioner(spec, self.config.seed, self.card.arch)
+        arch, seed = self.card.arch, self.config.seed
+
+        def load() -> tuple[Any, Any]:
+            return build_blip(arch, seed) if weights.path is None else load_blip(weights.path)
+
+        return BlipCaptioner(load, weights.fingerprint, self.device, prefix=opts.caption_prefix,
+                             max_length=opts.caption_max_length, min_length=opts.caption_min_length)
+
+    # -- identity ------------------------------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, config: BackboneConfig) -> None:
+        """Unknown or bad feature options are a ConfigError naming the key, before any work."""
+        _options(cls, config, {})
+
+    @classmethod
+    def weights_fingerprint(cls, config: BackboneConfig) -> str:
+        """Pipeline weights (+ expert, + captioner when used) without building anything (for job keys)."""
+        card = cls.variants[config.variant or cls.default_variant]
+        opts = _options(cls, config, {})
+        pipeline = resolve_pipeline(config.weights or card.weights, config.seed, card.arch)
+        expert = resolve_weights(opts.experts[opts.expert].weights, seed=config.seed) if opts.expert != "none" else None
+        captioner = (resolve_captioner(_captioner_spec(opts, pipeline), config.seed, card.arch)
+                     if opts.prompt == "blip" else None)
+        return _weights_id(pipeline, expert, captioner)
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp: dict[str, Any] = {
+            "backbone": self.name,
+            "variant": self.card.name,
+            "arch": self.card.arch,
+            "weights": _weights_id(self.weights, self.expert.weights if self.expert else None,
+                                   self.captioner_weights),
+            "weights_kind": self.weights.kind,
+            "dtype": self.config.dtype,
+            "noise_seed": self.config.seed,
+            "feature_version": FEATURE_VERSION,
+            **self.options.feature_config(),
+        }
+        if self.captioner is not None:
+            fp["captioner"] = self.captioner.fingerprint
+        return fp
+
+    @property
+    def param_count(self) -> int:
+        n = sum(p.numel() for m in self.parts.modules().values() for p in m.parameters())
+        return n + (self.expert.param_count if self.expert is not None else 0)
+
+    # -- features ------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Short side → resolution (bicubic), center crop, [-1, 1] (mean = std = 0.5), as the method's tasks."""
+        size = self.options.resolution
+        out = []
+        for im in images:
+            im = im if im.mode == "RGB" else im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+            out.append(arr / 127.5 - 1.0)
+        return torch.stack(out)
+
+    def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
+        """One VAE + text + UNet pass for any mix of kinds; fp32 on the CPU whatever the compute dtype."""
+        check_kinds(self.name, kinds, self.feature_kinds)
+        identities = [image_id(im) for im in batch]
+        with compute_context(self.device, self.config.dtype):
+            x = batch.to(self.device, non_blocking=True)
+            context = self.prompts.context(x, identities)
+            levels = self.diffusion.levels(x, context, identities)
+            out = Features()
+            if "global" in kinds:
+                out.global_ = torch.cat([v.float().mean(dim=(2, 3)) for v in levels.values()], dim=1).cpu()
+            if "dense" in kinds:
+                dense = dict(levels)
+                if self.expert is not None:
+                    dense.update(self.expert(x, {k: tuple(v.shape[-2:]) for k, v in levels.items()}))
+                out.dense = {k: v.float().cpu() for k, v in dense.items()}
+        return out
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The SD text encoder's pooled EOT state (CLIP-L's unprojected output for SD 1.x), [N, D] fp32."""
+        with compute_context(self.device, self.config.dtype):
+            return self.text.pooled(list(texts)).float().cpu()
+
+    # -- trainable neck ------------------------------------------------------------------------------------
+    def dense_channels(self) -> dict[str, int]:
+        """Channels of every `dense` entry, without a forward pass."""
+        tokens = self.text.length
+        channels: dict[str, int] = dict(self.diffusion.channels(tokens))
+        if self.expert is not None:
+            channels.update(self.expert.channels())
+        return channels
+
+    def _fusion(self) -> tuple[dict[str, int], ExpertFusion | None]:
+        channels = self.dense_channels()
+        level_in = {k: channels[k] for k in self.options.stages}
+        if self.expert is None:
+            return level_in, None
+        fusion = ExpertFusion({k: channels[k] for k in self.expert.taps}, self.expert.levels())
+        for level, extra in fusion.extra_channels().items():
+            level_in[level] += extra
+        return level_in, fusion
+
+    def neck(self, seed: int | None = None) -> VermouthNeck:
+        """A fresh U-head (+ adapters): dense dict → L2-normalised [B, embed_dim]; seeded init."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed if seed is None else seed)
+            level_in, fusion = self._fusion()
+            u = self.options.uhead
+            head = UHead(level_in, u.widths, u.groups, u.heads, u.embed_dim, u.pool_size)
+            return VermouthNeck(self.options.stages, head, fusion)
+
+    def dense_neck(self, seed: int | None = None) -> VermouthNeck:
+        """A fresh OVSS head (+ adapters): dense dict → per-pixel L2-normalised [B, embed_dim, H, W]."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed if seed is None else seed)
+            level_in, fusion = self._fusion()
+            d = self.options.dense_head
+            head = DenseUHead(level_in, d.widths, d.fpn_channels, d.groups, d.embed_dim, d.dropout)
+            return VermouthNeck(self.options.stages, head, fusion)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.options.uhead.embed_dim
+
