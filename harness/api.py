@@ -151,11 +151,11 @@ class ClassificationDataset(Dataset):
         """Absolute path of an item's image file."""
 
     def load_image(self, item: ImageItem) -> Image.Image:
-        """The item's image as RGB (grayscale, palette, CMYK and RGBA converted as the field does)."""
-        from PIL import Image
+        """The item's image as 8-bit RGB (grayscale, palette, CMYK, RGBA and 16-bit converted as the field
+        does); an empty, truncated, zero-size or non-image file raises DataMissingError naming it."""
+        from harness.images import open_rgb
 
-        with Image.open(self.image_path(item)) as im:
-            return im.convert("RGB")
+        return open_rgb(self.image_path(item), self.name)
 
 
 @dataclass

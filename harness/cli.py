@@ -46,7 +46,6 @@ def run(
 ) -> None:
     """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
     from harness.config import RunConfig, parse_overrides, validate
-    from harness.planner import plan
     from harness.suites import load_suite
 
     seed_list = None
@@ -61,7 +60,13 @@ def run(
         "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or []),
         "resume": resume, "skip_missing": skip_missing,
         "dry_run": dry_run}, "command line")
-    spec = load_suite(cfg.suite)
+    _plan_and_run(load_suite(cfg.suite), cfg, out_dir, shard_)
+
+
+def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None) -> None:
+    """Plan a suite, stop on missing data (unless skipped), then dry-run or execute the (sharded) jobs."""
+    from harness.planner import parse_shard, plan, shard
+
     the_plan = plan(cfg, spec)
     if the_plan.missing:
         table = Table(title="datasets not prepared", show_lines=True)
@@ -73,14 +78,42 @@ def run(
         if not cfg.skip_missing:
             raise HarnessError(f"{len(the_plan.missing)} dataset(s) of suite '{spec.name}' are not prepared "
                                "(table above); prepare them or pass --skip-missing")
-    if shard_:
-        from harness.planner import parse_shard, shard
-
-        the_plan.jobs = shard(the_plan.jobs, *parse_shard(shard_))
+    if shard_spec:
+        the_plan.jobs = shard(the_plan.jobs, *parse_shard(shard_spec))
     if cfg.dry_run:
         _print_plan(the_plan)
         return
     _execute(spec.name, cfg, the_plan.jobs, out_dir)
+
+
+@app.command()
+def sweep(
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="backbone(s) with feature options")],
+    param: Annotated[list[str], typer.Option(help="KEY=V1,V2,... ('+' joins a list value: stages=L0+L1,L2)")],
+    suite: Annotated[str, typer.Option(help="the suite whose tasks are swept")] = "mini",
+    name: Annotated[str | None, typer.Option(help="name of the sweep suite (default: <suite>-sweep)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
+    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+) -> None:
+    """Run a grid over backbone feature options (e.g. Vermouth's t x stages) as one suite."""
+    from harness.config import RunConfig, parse_overrides, validate
+    from harness.suites import load_suite
+
+    grid = {}
+    for item in param:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise HarnessError(f"--param expects KEY=V1,V2,..., got '{item}'")
+        grid[key.strip()] = [list(v.split("+")) if "+" in v else next(iter(parse_overrides([f"v={v}"]).values()))
+                             for v in values.split(",")]
+    base = load_suite(suite)
+    spec = base.model_copy(update={"name": name or f"{base.name}-sweep", "backbone_grid": grid})
+    seed_list = [int(s) for s in _split_csv([seeds])] if seeds else None
+    cfg = validate(RunConfig, {"suite": spec.name, "backbones": _split_csv(backbone), "seeds": seed_list,
+                               "overrides": parse_overrides(set_ or []), "dry_run": dry_run}, "command line")
+    _plan_and_run(spec, cfg, out_dir, None)
 
 
 def _print_plan(the_plan) -> None:
@@ -88,12 +121,14 @@ def _print_plan(the_plan) -> None:
 
     store = RecordStore()
     table = Table(title=f"plan: suite '{the_plan.suite.name}', {len(the_plan.jobs)} jobs")
-    for col in ("job key", "backbone", "task", "dataset", "protocol point", "status"):
+    for col in ("job key", "backbone", "options", "task", "dataset", "protocol point", "status"):
         table.add_column(col)
     for job in the_plan.jobs:
-        point = ", ".join(f"{k}={v}" for k, v in job.protocol.items() if k in ("shots", "seed", "head", "t"))
-        table.add_row(job.key, f"{job.backbone.name}:{job.backbone.variant}", f"{job.task} v{job.task_version}",
-                      job.dataset, point, "done" if store.exists(job.key) else "to run")
+        point = ", ".join(f"{k}={v}" for k, v in job.protocol.items() if k in ("shots", "seed", "head"))
+        options = ", ".join(f"{k}={v}" for k, v in job.backbone.options.items())
+        table.add_row(job.key[:12], f"{job.backbone.name}:{job.backbone.variant}", options,
+                      f"{job.task} v{job.task_version}", job.dataset, point,
+                      "done" if store.exists(job.key) else "to run")
     out.print(table)
 
 
@@ -111,11 +146,13 @@ def _execute(suite: str, cfg, jobs, out_dir: Path) -> None:
 
 def _print_leaderboard(suite: str, out_dir: Path) -> None:
     """Print the Markdown table exactly as written to `<out_dir>/<suite>.md` (plain text never wraps)."""
-    from harness.leaderboard import compile_leaderboard, render_markdown
+    from harness.leaderboard import build_leaderboard, leaderboard_markdown, write_leaderboard
+    from harness.tracking import Tracker
 
-    long = compile_leaderboard(suite, out_dir)
-    print(render_markdown(suite, long))
-    err.print(f"written: {out_dir / (suite + '.md')}, {out_dir / (suite + '.csv')}")
+    lb = build_leaderboard(suite, Tracker(suite).job_runs())
+    written = write_leaderboard(lb, out_dir)
+    print(leaderboard_markdown(lb))
+    err.print("written: " + ", ".join(str(p) for p in written))
 
 
 @app.command()
@@ -123,7 +160,7 @@ def leaderboard(
     suite: Annotated[str, typer.Option(help="suite name")] = "mini",
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
 ) -> None:
-    """Compile the suite's leaderboard from MLflow runs; write Markdown and CSV; print it."""
+    """Compile the suite's leaderboard from MLflow runs; write Markdown, CSV and HTML; print it."""
     _print_leaderboard(suite, out_dir)
 
 
@@ -301,3 +338,14 @@ def main() -> None:
     except HarnessError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+@app.command("sync")
+def sync_cmd(
+    suite: Annotated[str, typer.Option(help="suite name")] = "mini",
+) -> None:
+    """Upload run records that are not in MLflow yet (the tracker was unreachable); skips jobs already logged."""
+    from harness.sync import sync_suite
+
+    summary = sync_suite(suite)
+    err.print(f"{len(summary.uploaded)} record(s) uploaded to MLflow, {len(summary.already)} already there")

@@ -57,6 +57,10 @@ class SuiteSpec(StrictModel):
     variant: str | None = None  # backbone variant used unless --variant says otherwise
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)
+    # Backbone feature options for every backbone of the suite, and a grid over them (a Vermouth
+    # timestep x UNet-stage sweep is one suite): each grid point is its own backbone config and row.
+    backbone_options: dict[str, Any] = Field(default_factory=dict)
+    backbone_grid: dict[str, list[Any]] = Field(default_factory=dict)
     entries: list[SuiteEntry] = Field(min_length=1)
 
 

@@ -3,6 +3,12 @@
 Order of effects per job: compute → write the run record (atomic) → log to MLflow. A job whose record
 exists is never recomputed; if its MLflow run is missing (tracker was down, process killed) the record
 is logged again, so MLflow and the records never disagree for long.
+
+A process killed at any moment leaves either no record (the job runs again) or a whole one (it is
+skipped); an MLflow job run cut short stays RUNNING/FAILED and is not counted as finished, so the
+record is logged again and the leaderboard (FINISHED runs only) holds each job key once. When the
+tracker is unreachable the run goes on: records are kept, the jobs are marked pending, and
+`harness sync` uploads them later.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
 from harness.planner import Job, open_dataset
 from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
-from harness.tracking import Tracker, scratch_dir
+from harness.tracking import Tracker, TrackerUnavailable, scratch_dir, warn
 
 
 @dataclass
@@ -30,6 +36,7 @@ class RunSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     relogged: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # records not in MLflow yet (tracker unreachable)
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
@@ -96,8 +103,32 @@ class LocalExecutor:
         self.store = store or RecordStore()
         self.console = console or Console(stderr=True)
 
+    def preflight(self, jobs: list[Job]) -> None:
+        """Before any work: every dataset a job to run reads passes its `verify()` (listed files exist)."""
+        seen: set[str] = set()
+        for job in jobs:
+            if job.dataset in seen:
+                continue
+            seen.add(job.dataset)
+            open_dataset(job.dataset).verify()
+
+    def _log(self, tracker: Tracker, record: dict, artifacts: dict | None, summary: RunSummary) -> bool:
+        """Log one record; when the tracker is unreachable, mark it pending instead (never raises)."""
+        key = record["job_key"]
+        if not tracker.offline:
+            try:
+                tracker.log_job(record, artifacts)
+                self.store.clear_pending(key)
+                return True
+            except TrackerUnavailable:
+                pass
+        self.store.mark_pending(record, artifacts)
+        summary.pending.append(key)
+        return False
+
     def run(self, jobs: list[Job], tracker: Tracker, resume: bool = True) -> RunSummary:
         summary = RunSummary()
+        self.preflight([j for j in jobs if not (resume and self.store.exists(j.key))])
         logged = tracker.finished_keys()
         backbone: Backbone | None = None
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -113,9 +144,9 @@ class LocalExecutor:
                 progress.update(jobs_bar, description=f"jobs  {job.label}")
                 if resume and self.store.exists(key):
                     if key not in logged:
-                        tracker.log_job(self.store.read(key))
+                        if self._log(tracker, self.store.read(key), self.store.pending_artifacts(key), summary):
+                            summary.relogged.append(key)
                         logged.add(key)
-                        summary.relogged.append(key)
                     summary.skipped.append(key)
                     progress.advance(jobs_bar)
                     continue
@@ -124,9 +155,13 @@ class LocalExecutor:
                     backbone = build_backbone(job.backbone)
                 record, extra = run_job(job, backbone, on_batch)
                 self.store.write(record)
-                tracker.log_job(record, extra["artifacts"])
+                self._log(tracker, record, extra["artifacts"], summary)
                 logged.add(key)
                 shutil.rmtree(extra["workdir"], ignore_errors=True)
                 summary.ran.append(key)
                 progress.advance(jobs_bar)
+        if summary.pending:
+            suite = jobs[0].suite if jobs else "?"
+            warn(f"{len(summary.pending)} job(s) finished but are not in MLflow yet (tracker unreachable); their "
+                 f"records are kept, run `harness sync --suite {suite}` when the server is back")
         return summary

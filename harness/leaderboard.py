@@ -1,56 +1,119 @@
-"""Leaderboards compiled from MLflow runs (never from memory): pandas → Markdown, CSV and a printed table.
+"""Leaderboards compiled from MLflow runs (never from memory): pandas → Markdown, CSV, HTML and a printed table.
 
-Rows are backbones (variant and weights kind included, random-init rows marked); columns are
-task/dataset/protocol setting/metric; repeats over seeds become mean ± std (population std, as CoOp's
-`parse_test_res.py` reports) with their count.
+Rows are backbones (variant and weights kind included, random-init rows marked; backbone options such as
+Vermouth's `t`/`stages` included where they vary); columns are task.version/dataset/protocol setting/metric,
+so results of different task versions never share a column; repeats over seeds become mean ± std
+(population std, as CoOp's `parse_test_res.py` reports) with their count. Per column, the best backbone is
+marked and every other one is tested against it over the seeds both ran (`harness.stats`): † = the gap is
+not larger than the seed spread.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from harness.stats import ALPHA, compare_with_best
 from harness.tracking import Tracker
 
 LONG_COLUMNS = ["backbone", "task", "task_version", "dataset", "setting", "metric", "mean", "std", "n"]
+KEYS = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
+OPTION_PREFIX = "params.backbone.options."
+LOWER_IS_BETTER = re.compile(r"(loss|error|err$|latency|time|_ms$|_s$)")
+TIED_MARK = "†"
 
 
-def backbone_label(backbone: str, variant: str, weights_kind: str) -> str:
-    label = f"{backbone}:{variant}"
+def backbone_label(backbone: str, variant: str, weights_kind: str, options: str = "") -> str:
+    label = f"{backbone}:{variant}" + (f" [{options}]" if options else "")
     return label + " (random init)" if weights_kind == "random" else label
 
 
-def runs_to_long(runs: pd.DataFrame) -> pd.DataFrame:
-    """MLflow's runs frame → one row per (backbone, task, dataset, setting, metric) with mean/std/n."""
+def higher_is_better(metric: str) -> bool:
+    return not LOWER_IS_BETTER.search(str(metric))
+
+
+def _get(run: pd.Series, key: str, default=""):
+    value = run.get(key, default)
+    return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def _varying_options(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """Per (backbone, variant): the option columns whose values differ between its runs."""
+    option_cols = [c for c in runs.columns if c.startswith(OPTION_PREFIX)]
+    out: dict[tuple[str, str], list[str]] = {}
+    if not option_cols:
+        return out
+    for key, group in runs.groupby(["tags.harness.backbone", "tags.harness.variant"]):
+        out[key] = [c for c in option_cols if group[c].astype(str).nunique(dropna=False) > 1]
+    return out
+
+
+def _option(value) -> str | None:
+    """An option as MLflow stored it (`str()` of the value): lists read `L0+L1` (as `harness sweep` takes them)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value)
+    if text.startswith("[") and text.endswith("]"):
+        text = "+".join(t.strip(" '\"") for t in text[1:-1].split(",") if t.strip())
+    return text
+
+
+def runs_to_values(runs: pd.DataFrame) -> pd.DataFrame:
+    """MLflow's runs frame → one row per run and reported metric: the key columns, seed, value and provenance.
+
+    This is the per-seed side frame the significance tests need; `runs_to_long` aggregates it.
+    """
+    columns = [*KEYS, "seed", "value", "primary", "backbone_name", "variant", "weights_kind",
+               "weights_fingerprint", "git_commit", "harness_version"]
     if runs.empty:
-        return pd.DataFrame(columns=LONG_COLUMNS)
+        return pd.DataFrame(columns=columns)
     runs = runs.drop_duplicates(subset="tags.harness.job_key", keep="first")  # newest first from MLflow
+    varying = _varying_options(runs)
+    option_cols = [c for c in runs.columns if c.startswith(OPTION_PREFIX)]
     rows = []
     for _, run in runs.iterrows():
+        name, variant = run["tags.harness.backbone"], run["tags.harness.variant"]
+        options = ", ".join(f"{c.removeprefix(OPTION_PREFIX)}={_option(run.get(c))}"
+                            for c in varying.get((name, variant), []))
+        label = backbone_label(name, variant, _get(run, "tags.harness.weights_kind"), options)
         primary = run["tags.harness.primary_metric"]
         reported = run.get("tags.harness.report_metrics")
         metrics = reported.split(",") if isinstance(reported, str) and reported else [primary]
+        seed = run.get("params.protocol.seed")
+        base = {
+            "backbone": label, "task": run["tags.harness.task"], "task_version": str(run["tags.harness.task_version"]),
+            "dataset": run["tags.harness.dataset"], "setting": _get(run, "tags.harness.column"),
+            "seed": str(seed) if seed is not None and not pd.isna(seed) else None,
+            "backbone_name": name, "variant": variant, "weights_kind": _get(run, "tags.harness.weights_kind"),
+            "weights_fingerprint": _get(run, "tags.harness.weights_fingerprint"),
+            "git_commit": _get(run, "tags.harness.git_commit"), "harness_version": _get(run, "tags.harness.version"),
+            **{f"option.{c.removeprefix(OPTION_PREFIX)}": _option(run.get(c)) for c in option_cols},
+        }
         for metric in metrics:
             value = run.get(f"metrics.{metric}")
             if value is None or pd.isna(value):
                 continue
-            rows.append({
-                "backbone": backbone_label(run["tags.harness.backbone"], run["tags.harness.variant"],
-                                           run.get("tags.harness.weights_kind", "")),
-                "task": run["tags.harness.task"],
-                "task_version": str(run["tags.harness.task_version"]),
-                "dataset": run["tags.harness.dataset"],
-                "setting": run["tags.harness.column"],
-                "metric": metric,
-                "value": float(value),
-            })
-    df = pd.DataFrame(rows)
-    keys = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
-    grouped = df.groupby(keys, sort=True)["value"]
+            rows.append({**base, "metric": metric, "value": float(value), "primary": metric == primary})
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows)
+
+
+def values_to_long(values: pd.DataFrame) -> pd.DataFrame:
+    if values.empty:
+        return pd.DataFrame(columns=LONG_COLUMNS)
+    grouped = values.groupby(KEYS, sort=True)["value"]
     out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=0)), n="count").reset_index()
     return add_dataset_averages(out[LONG_COLUMNS])
+
+
+def runs_to_long(runs: pd.DataFrame) -> pd.DataFrame:
+    """MLflow's runs frame → one row per (backbone, task, dataset, setting, metric) with mean/std/n."""
+    return values_to_long(runs_to_values(runs))
 
 
 def add_dataset_averages(long: pd.DataFrame) -> pd.DataFrame:
@@ -75,23 +138,67 @@ def add_dataset_averages(long: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([long, pd.DataFrame(rows, columns=LONG_COLUMNS)], ignore_index=True) if rows else long
 
 
+def significance(values: pd.DataFrame, long: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per leaderboard cell: `best` (the column's best mean, ties included) and `tied` (not significantly
+    different from the best in a paired t-test over shared seeds; None where untestable), plus p and n.
+
+    Dataset averages get `best` only (their per-seed pairing is not defined)."""
+    out = long[KEYS + ["mean"]].copy()
+    out["best"], out["tied"], out["p_value"], out["n_paired"] = False, None, float("nan"), 0
+    out = out.astype({"tied": object})
+    if long.empty:
+        return out
+    index = {tuple(r[k] for k in KEYS): i for i, r in out.iterrows()}
+    col_keys = ["task", "task_version", "dataset", "setting", "metric"]
+    for key, group in long.groupby(col_keys, sort=False):
+        hib = higher_is_better(key[-1])
+        top = group["mean"].max() if hib else group["mean"].min()
+        for i in group.index[(group["mean"] - top).abs() <= 1e-9]:
+            out.at[i, "best"] = True
+        per_seed = values
+        for k, v in zip(col_keys, key, strict=True):
+            per_seed = per_seed[per_seed[k] == v]
+        per_seed = per_seed.dropna(subset=["seed"])
+        if per_seed.empty or group["backbone"].nunique() < 2:
+            continue
+        result = compare_with_best(per_seed[["backbone", "seed", "value"]], higher_is_better=hib, alpha=alpha)
+        for _, r in result.iterrows():
+            i = index.get((r["backbone"], *key))
+            if i is None or out.at[i, "best"]:
+                continue
+            out.at[i, "tied"] = r["tied"]
+            out.at[i, "p_value"] = r["p_value"]
+            out.at[i, "n_paired"] = int(r["n"])
+    return out
+
+
 def column_name(row: pd.Series) -> str:
     setting = f" [{row['setting']}]" if row["setting"] else ""
     return f"{row['task']}.v{row['task_version']}/{row['dataset']}{setting} {row['metric']}"
 
 
-def to_wide(long: pd.DataFrame) -> pd.DataFrame:
-    """Backbones x columns of 'mean ± std (n)' strings, for reading."""
+def cell_text(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f} (n={n})" if n > 1 and not pd.isna(std) else f"{mean:.2f}"
+
+
+def column_order(long: pd.DataFrame) -> list[str]:
+    names = long.apply(column_name, axis=1)
+    return sorted(names.unique(), key=natural_key)
+
+
+def to_wide(long: pd.DataFrame, marks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Backbones x columns of 'mean ± std (n)' strings, for reading; with `marks` (from `significance`),
+    the best cell per column is in bold and cells not significantly different from it carry a †."""
     if long.empty:
         return pd.DataFrame()
-    cells = long.assign(
-        column=long.apply(column_name, axis=1),
-        cell=long.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})"
-                        if r["n"] > 1 and not pd.isna(r["std"]) else f"{r['mean']:.2f}", axis=1),
-    )
+    cells = long.assign(column=long.apply(column_name, axis=1),
+                        cell=[cell_text(m, s, n) for m, s, n in zip(long["mean"], long["std"], long["n"], strict=True)])
+    if marks is not None and not marks.empty:
+        merged = cells.merge(marks[KEYS + ["best", "tied"]], on=KEYS, how="left")
+        cells = cells.assign(cell=[f"**{c}**" if b is True else (f"{c} {TIED_MARK}" if t is True else c)
+                                   for c, b, t in zip(merged["cell"], merged["best"], merged["tied"], strict=True)])
     wide = cells.pivot(index="backbone", columns="column", values="cell").fillna("—")
-    order = cells.assign(nat=cells["column"].map(natural_key)).sort_values("nat")["column"].unique()
-    wide = wide[list(order)]
+    wide = wide[column_order(long)]
     wide.columns.name = None
     return wide
 
@@ -101,20 +208,119 @@ def natural_key(text: str) -> tuple:
     return tuple(int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text))
 
 
-def compile_leaderboard(suite: str, out_dir: Path | None = Path("leaderboards")) -> pd.DataFrame:
-    """Read the suite's runs back from MLflow and write `<out_dir>/<suite>.md` and `.csv`."""
-    long = runs_to_long(Tracker(suite).job_runs())
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        long.to_csv(out_dir / f"{suite}.csv", index=False, float_format="%.4f")
-        (out_dir / f"{suite}.md").write_text(render_markdown(suite, long))
-    return long
+def _short(fingerprint: str) -> str:
+    return fingerprint[:12] if fingerprint else "—"
 
 
-def render_markdown(suite: str, long: pd.DataFrame) -> str:
-    wide = to_wide(long)
+@dataclass
+class Provenance:
+    compiled: str
+    harness_versions: list[str]
+    git_commits: dict[str, int]  # commit → number of runs
+    weights: pd.DataFrame  # backbone, weights_kind, weights_fingerprint
+    tasks: pd.DataFrame  # task, task_version, datasets, settings, seeds
+    protocol: dict[str, dict[str, str]] = field(default_factory=dict)  # task.vN → protocol params constant there
+
+
+def provenance(runs: pd.DataFrame, values: pd.DataFrame, now: dt.datetime | None = None) -> Provenance:
+    from harness import __version__
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    compiled = now.strftime("%Y-%m-%d %H:%M UTC")
+    if values.empty:
+        return Provenance(compiled, [f"{__version__} (compiler)"], {}, pd.DataFrame(), pd.DataFrame())
+    versions = sorted({v for v in values["harness_version"] if v}) or [f"{__version__} (compiler; runs untagged)"]
+    commits = values.drop_duplicates(["backbone", "task", "task_version", "dataset", "setting", "seed"])
+    git = commits["git_commit"].replace("", "unknown").value_counts().to_dict()
+    weights = (values[["backbone", "weights_kind", "weights_fingerprint"]].drop_duplicates()
+               .sort_values(["backbone", "weights_fingerprint"]).reset_index(drop=True))
+    tasks = []
+    for (task, version), g in values.groupby(["task", "task_version"], sort=True):
+        seeds = sorted({s for s in g["seed"] if s is not None}, key=natural_key)
+        tasks.append({"task": task, "task_version": version, "datasets": ", ".join(sorted(g["dataset"].unique())),
+                      "settings": "; ".join(sorted({s or "—" for s in g["setting"]}, key=natural_key)),
+                      "seeds": ", ".join(seeds) or "—"})
+    protocol: dict[str, dict[str, str]] = {}
+    proto_cols = [c for c in runs.columns if c.startswith("params.protocol.") and c != "params.protocol.seed"]
+    if proto_cols and not runs.empty:
+        for (task, version), g in runs.groupby(["tags.harness.task", "tags.harness.task_version"], sort=True):
+            constant = {}
+            for c in proto_cols:
+                vals = g[c].dropna().astype(str).unique()
+                if len(vals) == 1:
+                    constant[c.removeprefix("params.protocol.")] = vals[0]
+            protocol[f"{task}.v{version}"] = constant
+    return Provenance(compiled, versions, git, weights, pd.DataFrame(tasks), protocol)
+
+
+@dataclass
+class Leaderboard:
+    suite: str
+    long: pd.DataFrame  # the CSV: LONG_COLUMNS
+    values: pd.DataFrame  # per run and metric (seeds kept)
+    marks: pd.DataFrame  # best / tied per cell
+    provenance: Provenance
+
+
+def build_leaderboard(suite: str, runs: pd.DataFrame, now: dt.datetime | None = None) -> Leaderboard:
+    values = runs_to_values(runs)
+    long = values_to_long(values)
+    return Leaderboard(suite, long, values, significance(values, long), provenance(runs, values, now))
+
+
+LEGEND = (f"**Bold**: best mean in the column. {TIED_MARK}: not significantly different from the best "
+          f"(two-sided paired t-test over the seeds both ran, p ≥ {ALPHA}); unmarked cells are either significantly "
+          "worse or could not be tested (fewer than two shared seeds).")
+VERSIONS_NOTE = ("Task versions are separate columns (`task.vN/...`): results of different task versions or "
+                 "protocol settings are never averaged together.")
+
+
+def provenance_markdown(p: Provenance) -> str:
+    lines = [f"- compiled: {p.compiled}; harness {', '.join(p.harness_versions)}",
+             "- git commit(s) of the runs: " + (", ".join(f"`{c}` ({n} runs)" for c, n in p.git_commits.items())
+                                                 or "—")]
+    if not p.weights.empty:
+        lines.append("- weights: " + "; ".join(
+            f"{r.backbone}: {r.weights_kind or '?'} `{_short(r.weights_fingerprint)}`" for r in p.weights.itertuples()))
+    for r in p.tasks.itertuples():
+        lines.append(f"- task {r.task} v{r.task_version}: datasets {r.datasets}; settings {r.settings}; "
+                     f"seeds {r.seeds}")
+    return "\n".join(lines)
+
+
+def render_markdown(suite: str, long: pd.DataFrame, marks: pd.DataFrame | None = None,
+                    prov: Provenance | None = None) -> str:
+    wide = to_wide(long, marks)
     body = wide.reset_index().to_markdown(index=False) if not wide.empty else "_no finished runs_"
-    return (f"# Leaderboard: suite `{suite}`\n\n"
-            "Cells: mean ± population std over seeds (n = number of seeds). Compiled from MLflow runs.\n\n"
-            f"{body}\n")
+    head = (f"# Leaderboard: suite `{suite}`\n\n"
+            "Cells: mean ± population std over seeds (n = number of seeds). Compiled from MLflow runs.\n\n")
+    if marks is not None:
+        head += LEGEND + " " + VERSIONS_NOTE + "\n\n"
+    if prov is not None:
+        head += "Provenance:\n\n" + provenance_markdown(prov) + "\n\n"
+    return head + f"{body}\n"
+
+
+def leaderboard_markdown(lb: Leaderboard) -> str:
+    return render_markdown(lb.suite, lb.long, lb.marks, lb.provenance)
+
+
+def compile_leaderboard(suite: str, out_dir: Path | None = Path("leaderboards"), html: bool = True) -> pd.DataFrame:
+    """Read the suite's runs back from MLflow and write `<out_dir>/<suite>.md`, `.csv` and `.html`."""
+    lb = build_leaderboard(suite, Tracker(suite).job_runs())
+    if out_dir is not None:
+        write_leaderboard(lb, Path(out_dir), html=html)
+    return lb.long
+
+
+def write_leaderboard(lb: Leaderboard, out_dir: Path, html: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{lb.suite}.md", out_dir / f"{lb.suite}.csv"]
+    lb.long.to_csv(written[1], index=False, float_format="%.4f")
+    written[0].write_text(leaderboard_markdown(lb))
+    if html:
+        from harness.leaderboard_html import read_profiles, render_html
+
+        written.append(out_dir / f"{lb.suite}.html")
+        written[2].write_text(render_html(lb, read_profiles(out_dir)), encoding="utf-8")
+    return written

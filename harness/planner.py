@@ -74,13 +74,22 @@ def resolve_backbones(names: list[str]) -> list[str]:
     return names
 
 
-def backbone_config(name: str, run: RunConfig, suite: SuiteSpec) -> BackboneConfig:
+def backbone_option_points(run: RunConfig, suite: SuiteSpec) -> list[dict[str, Any]]:
+    """Suite options, then each point of the suite's backbone grid, then the command line's --opt."""
+    axes = list(suite.backbone_grid)
+    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*suite.backbone_grid.values())]
+    return [{**suite.backbone_options, **point, **run.backbone_options} for point in points]
+
+
+def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, options: dict[str, Any] | None = None
+                    ) -> BackboneConfig:
     cls = BACKBONES.get(name)
     variant = run.variant or (suite.variant if suite.variant in cls.variants else None) or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
     cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
-                         dtype=run.dtype, batch_size=run.batch_size or suite.batch_size, options=run.backbone_options)
+                         dtype=run.dtype, batch_size=run.batch_size or suite.batch_size,
+                         options=run.backbone_options if options is None else options)
     cls.validate_options(cfg)
     return cfg
 
@@ -112,10 +121,11 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     result = Plan(suite=suite)
     backbones = []
     for name in resolve_backbones(run.backbones):
-        cfg = backbone_config(name, run, suite)
-        cls = BACKBONES.get(name)
-        card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
-        backbones.append((cfg, cls.weights_fingerprint(cfg), card))
+        for options in backbone_option_points(run, suite):
+            cfg = backbone_config(name, run, suite, options)
+            cls = BACKBONES.get(name)
+            card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
+            backbones.append((cfg, cls.weights_fingerprint(cfg), card))
     data_fps: dict[str, str | None] = {}
 
     def fingerprint_of(name: str) -> str | None:

@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 import json
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,62 @@ class RecordStore:
         path = self.path(record["job_key"])
         atomic_write_json(path, record)
         return path
+
+    def keys(self, suite: str | None = None) -> list[str]:
+        """Job keys with a record (of one suite when given), sorted; unreadable files are left out."""
+        if not self.root.is_dir():
+            return []
+        keys = []
+        for path in sorted(self.root.glob("*.json")):
+            if suite is not None:
+                try:
+                    if json.loads(path.read_text()).get("suite") != suite:
+                        continue
+                except (OSError, ValueError):
+                    continue
+            keys.append(path.stem)
+        return keys
+
+    # -- jobs whose record is not yet in MLflow (tracker down): `<HARNESS_HOME>/pending/<key>/` ---------
+    @property
+    def pending_root(self) -> Path:
+        return self.root.parent / "pending"
+
+    def mark_pending(self, record: dict[str, Any], artifacts: dict[str, Path] | None = None) -> Path:
+        """Remember that a record still has to reach MLflow, keeping its artifact files beside the marker."""
+        folder = self.pending_root / record["job_key"]
+        for name, src in (artifacts or {}).items():
+            src = Path(src)
+            if src.is_file():
+                dest = folder / "artifacts" / name / src.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+        atomic_write_json(folder / "pending.json", {"job_key": record["job_key"], "suite": record["suite"],
+                                                    "since": now_iso()})
+        return folder
+
+    def pending_keys(self, suite: str | None = None) -> list[str]:
+        if not self.pending_root.is_dir():
+            return []
+        keys = []
+        for marker in sorted(self.pending_root.glob("*/pending.json")):
+            try:
+                meta = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            if suite is None or meta.get("suite") == suite:
+                keys.append(marker.parent.name)
+        return keys
+
+    def pending_artifacts(self, key: str) -> dict[str, Path]:
+        """`{artifact folder: file}` kept for a pending job (files with the same folder: the last wins)."""
+        folder = self.pending_root / key / "artifacts"
+        if not folder.is_dir():
+            return {}
+        return {f.parent.name: f for f in sorted(folder.glob("*/*")) if f.is_file()}
+
+    def clear_pending(self, key: str) -> None:
+        shutil.rmtree(self.pending_root / key, ignore_errors=True)
 
 
 def now_iso() -> str:

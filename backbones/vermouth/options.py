@@ -74,6 +74,11 @@ class VermouthOptions(StrictModel):
             return value
         raise ValueError(f"prompt must be 'empty', 'blip' or 'fixed:<text>', got '{value}'")
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _one_stage(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value  # `--opt stages=L1` means ("L1",)
+
     @field_validator("stages")
     @classmethod
     def _stages(cls, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -88,3 +88,17 @@ def test_backbone_options_are_validated_and_keyed():
     assert base.isdisjoint(j.key for j in t50)
     with pytest.raises(ConfigError, match="tt"):
         make_plan(backbones=["vermouth"], backbone_options={"tt": 50})
+
+
+def test_suite_backbone_grid_is_one_config_per_point(tmp_path):
+    from harness.config import SuiteSpec
+
+    base = load_suite("mini")
+    spec = base.model_copy(update={"name": "sw", "backbone_grid": {"t": [0, 100], "stages": ["L0", ["L1", "L2"]]},
+                                   "entries": base.entries[:1]})
+    p = plan(RunConfig(suite="sw", backbones=["vermouth"], seeds=[1], overrides={"shots": 4}), spec)
+    assert sorted((j.backbone.options["t"], str(j.backbone.options["stages"])) for j in p.jobs
+                  if j.protocol["head"] == "linear-probe") == [
+        (0, "L0"), (0, "['L1', 'L2']"), (100, "L0"), (100, "['L1', 'L2']")]
+    assert len({j.key for j in p.jobs}) == len(p.jobs) == 8
+    assert isinstance(SuiteSpec.model_validate(spec.model_dump()), SuiteSpec)

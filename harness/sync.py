@@ -1,0 +1,50 @@
+"""`harness sync`: upload run records that are not in MLflow yet (the tracker was down when they finished).
+
+Every record of the suite is compared with the FINISHED job runs on the server, so a job key already
+logged is skipped (no duplicates), and a record whose pending marker was never written (process killed
+between the two) is still found. Pending markers of uploaded or already-logged jobs are cleared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.errors import HarnessError
+from harness.records import RecordStore
+from harness.tracking import Tracker, TrackerUnavailable
+
+
+@dataclass
+class SyncSummary:
+    uploaded: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+
+
+def sync_suite(suite: str, store: RecordStore | None = None) -> SyncSummary:
+    store = store or RecordStore()
+    tracker = Tracker(suite)
+    if tracker.offline:
+        raise HarnessError(f"cannot sync suite '{suite}': MLflow tracking at {tracker.uri} is unreachable "
+                           f"({tracker.offline_reason}); the records stay under {store.root}")
+    logged = tracker.finished_keys()
+    if tracker.offline:
+        raise HarnessError(f"cannot sync suite '{suite}': {tracker.offline_reason}")
+    keys = sorted(set(store.keys(suite)) | {k for k in store.pending_keys(suite) if store.exists(k)})
+    summary = SyncSummary()
+    todo = [k for k in keys if k not in logged]
+    summary.already = [k for k in keys if k in logged]
+    for key in summary.already:
+        store.clear_pending(key)
+    if not todo:
+        return summary
+    with tracker.invocation({"command": "sync", "suite": suite, "records": len(todo)},
+                            name=f"harness sync {suite}"):
+        for key in todo:
+            try:
+                tracker.log_job(store.read(key), store.pending_artifacts(key))
+            except TrackerUnavailable as exc:
+                raise HarnessError(f"sync of suite '{suite}' stopped after {len(summary.uploaded)} upload(s): "
+                                   f"{exc}; run it again when the server is back") from None
+            store.clear_pending(key)
+            summary.uploaded.append(key)
+    return summary

@@ -1,0 +1,100 @@
+"""Tracker outages and half-finished MLflow runs: records stay the truth, nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.records import RecordStore
+from harness.sync import sync_suite
+from harness.tracking import Tracker, TrackerUnavailable, runs_from_records
+
+
+def record(key: str, seed: int = 1, suite: str = "t") -> dict:
+    return {
+        "schema_version": 1, "job_key": key, "suite": suite,
+        "backbone": {"name": "resnet", "variant": "tiny", "options": {}},
+        "backbone_fingerprint": {"weights_kind": "random"}, "weights_fingerprint": "w",
+        "task": "fsc", "task_version": "1", "primary_metric": "top1", "report_metrics": ["top1"],
+        "dataset": "mini_coop", "data_fingerprint": "d", "protocol": {"seed": seed, "shots": 1},
+        "column": "shots=1", "metrics": {"top1": 10.0 * seed}, "details": {}, "timings": {}, "counters": {},
+        "memory": {}, "environment": {"git_commit": "c", "device": "cpu", "packages": {"torch": "2"}},
+        "finished_at": f"2026-01-0{seed}T00:00:00+00:00",
+    }
+
+
+def test_unreachable_server_goes_offline_fast_and_warns(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: connection refused
+    start = time.monotonic()
+    tracker = Tracker("t")
+    assert tracker.offline and time.monotonic() - start < 30
+    assert "unreachable" in capsys.readouterr().err
+    assert tracker.finished_keys() == set()
+    with tracker.invocation({"a": 1}) as run_id:
+        assert run_id is None
+    with pytest.raises(TrackerUnavailable):
+        tracker.log_job(record("k1"))
+    with pytest.raises(HarnessError, match="unreachable"):
+        sync_suite("t")
+
+
+def test_offline_leaderboard_frame_comes_from_records(monkeypatch, tmp_path):
+    store = RecordStore()
+    store.write(record("k1", 1))
+    store.write(record("k2", 2))
+    store.write(record("other", 1, suite="u"))
+    frame = runs_from_records("t")
+    assert sorted(frame["tags.harness.job_key"]) == ["k1", "k2"]
+    assert frame.iloc[0]["tags.harness.job_key"] == "k2"  # newest first, as MLflow orders them
+    assert {"metrics.top1", "params.protocol.seed", "tags.harness.primary_metric"} <= set(frame.columns)
+
+
+def test_pending_then_sync_uploads_once(tmp_path):
+    store = RecordStore()
+    for i, key in enumerate(("k1", "k2"), start=1):
+        store.write(record(key, i))
+    artifact = tmp_path / "grid.png"
+    artifact.write_bytes(b"png")
+    store.mark_pending(record("k2", 2), {"qualitative": artifact})
+    assert store.pending_keys("t") == ["k2"] and store.pending_artifacts("k2")["qualitative"].name == "grid.png"
+    tracker = Tracker("t")
+    tracker.log_job(record("k1", 1))
+    summary = sync_suite("t")
+    assert summary.uploaded == ["k2"] and summary.already == ["k1"]
+    assert store.pending_keys() == []
+    again = sync_suite("t")
+    assert again.uploaded == [] and sorted(again.already) == ["k1", "k2"]
+    runs = Tracker("t").job_runs()
+    assert sorted(runs["tags.harness.job_key"]) == ["k1", "k2"]
+    k2 = runs[runs["tags.harness.job_key"] == "k2"].iloc[0]
+    names = [a.path for a in tracker.client.list_artifacts(k2["run_id"], "qualitative")]
+    assert names == ["qualitative/grid.png"]
+
+
+def test_a_run_cut_short_is_not_counted(tmp_path):
+    tracker = Tracker("t")
+    dead = tracker.client.create_run(tracker.experiment_id, tags={"harness.kind": "job", "harness.job_key": "k1"})
+    failed = tracker.client.create_run(tracker.experiment_id, tags={"harness.kind": "job", "harness.job_key": "k2"})
+    tracker.client.set_terminated(failed.info.run_id, "FAILED")
+    assert tracker.finished_keys() == set() and tracker.job_runs().empty
+    assert dead.info.status == "RUNNING"
+    RecordStore().write(record("k1", 1))
+    assert sync_suite("t").uploaded == ["k1"]
+    assert Tracker("t").finished_keys() == {"k1"}
+
+
+def test_a_failure_while_logging_marks_the_run_failed_and_goes_offline(monkeypatch):
+    tracker = Tracker("t")
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("server went away")
+
+    monkeypatch.setattr(tracker.client, "log_dict", boom)
+    with pytest.raises(TrackerUnavailable, match="server went away"):
+        tracker.log_job(record("k1"))
+    assert tracker.offline
+    fresh = Tracker("t")
+    runs = fresh.client.search_runs([fresh.experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"] and fresh.finished_keys() == set()
