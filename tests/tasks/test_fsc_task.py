@@ -62,4 +62,18 @@ def test_c_is_the_best_on_val_among_the_grid():
     scores = [accuracy_score(y, LogisticRegression(C=c, max_iter=1000).fit(x_tr, y).predict(x_val)) for c in grid]
     assert res.val_accuracy == pytest.approx(max(scores))
     assert res.c == grid[int(np.argmax(scores))]
-    assert res.val_accuracy > 0.8  # separable clusters: a sane probe finds them
+    assert res.val_accuracy > 0.9  # separable clusters: a sane probe finds them
+
+
+def test_support_never_holds_a_test_image_and_is_class_balanced(backbone, tmp_path):
+    dataset = open_dataset("mini_coop")
+    splits = dataset.splits()
+    test_paths = {it.path for it in splits["test"]}
+    for shots in (1, 4, 16):
+        for seed in (1, 2, 3):
+            fewshot = load_or_create_fewshot(dataset.name, dataset.fingerprint(), splits["train"], splits["val"],
+                                             shots, seed, harness_home())
+            assert not test_paths & {it.path for it in fewshot["train"] + fewshot["val"]}
+            counts = np.bincount([it.label for it in fewshot["train"]], minlength=12)
+            assert (counts == shots).all()
+            assert (np.bincount([it.label for it in fewshot["val"]], minlength=12) == min(shots, 4)).all()
