@@ -136,11 +136,14 @@ def _execute(suite: str, cfg, jobs, out_dir: Path) -> None:
     from harness.executor import LocalExecutor
     from harness.tracking import Tracker
 
+    executor = LocalExecutor()
+    executor.preflight(jobs)  # bad or missing files stop the run before MLflow or any model starts
     tracker = Tracker(suite)
     with tracker.invocation(cfg.model_dump(mode="json")):
-        summary = LocalExecutor().run(jobs, tracker, resume=cfg.resume)
+        summary = executor.run(jobs, tracker, resume=cfg.resume)
     err.print(f"[bold]{len(summary.ran)} job(s) ran, {len(summary.skipped)} skipped (already finished)"
-              + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else ""))
+              + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else "")
+              + (f", {len(summary.pending)} waiting for `harness sync`" if summary.pending else ""))
     _print_leaderboard(suite, out_dir)
 
 

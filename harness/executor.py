@@ -102,15 +102,15 @@ class LocalExecutor:
     def __init__(self, store: RecordStore | None = None, console: Console | None = None):
         self.store = store or RecordStore()
         self.console = console or Console(stderr=True)
+        self._verified: set[str] = set()
 
     def preflight(self, jobs: list[Job]) -> None:
-        """Before any work: every dataset a job to run reads passes its `verify()` (listed files exist)."""
-        seen: set[str] = set()
+        """Before any work: every dataset a job to run reads passes its `verify()` (listed files exist).
+        Each dataset is verified once per executor, however often it is asked."""
         for job in jobs:
-            if job.dataset in seen:
-                continue
-            seen.add(job.dataset)
-            open_dataset(job.dataset).verify()
+            if job.dataset not in self._verified:
+                open_dataset(job.dataset).verify()
+                self._verified.add(job.dataset)
 
     def _log(self, tracker: Tracker, record: dict, artifacts: dict | None, summary: RunSummary) -> bool:
         """Log one record; when the tracker is unreachable, mark it pending instead (never raises)."""

@@ -75,7 +75,7 @@ def open_rgb(path: Path | str, dataset: str | None = None) -> Image.Image:
         raise bad_image(path, "not an image file Pillow can decode", dataset) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise bad_image(path, f"too many pixels ({exc})", dataset) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 (a decoder may fail in any way on damaged bytes: name the file)
         raise bad_image(path, f"corrupt or truncated ({type(exc).__name__}: {exc})", dataset) from None
     if rgb.width <= 0 or rgb.height <= 0:
         raise bad_image(path, f"zero-size image ({rgb.width}x{rgb.height})", dataset)

@@ -106,8 +106,8 @@ class RecordStore:
         folder = self.pending_root / record["job_key"]
         for name, src in (artifacts or {}).items():
             src = Path(src)
-            if src.is_file():
-                dest = folder / "artifacts" / name / src.name
+            dest = folder / "artifacts" / name / src.name
+            if src.is_file() and src.resolve() != dest.resolve():  # already kept when marked before
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
         atomic_write_json(folder / "pending.json", {"job_key": record["job_key"], "suite": record["suite"],

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.paths import harness_home
 
 JOB_KIND = "job"
@@ -50,7 +51,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class TrackerUnavailable(RuntimeError):
+class TrackerUnavailable(HarnessError):
     """The tracking server could not be reached (the tracker is offline)."""
 
 
@@ -199,6 +200,7 @@ class Tracker:
 
     def log_profile(self, row: dict[str, Any]) -> str:
         """One run per (backbone, batch size) profile row: numbers as metrics, the rest as params."""
+        self.require_online()
         metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         params = {k: str(v)[:500] for k, v in flatten(row).items() if k not in metrics}
         name = f"{row['backbone']}:{row['variant']} bs={row['batch_size']} {row.get('device', '')}"

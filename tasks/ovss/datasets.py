@@ -132,8 +132,9 @@ class SegmentationDataset(Dataset):
         return list(self._items)
 
     def load_image(self, item: SegItem) -> Image.Image:
-        with Image.open(item.image) as im:
-            return im.convert("RGB")
+        from harness.images import open_rgb
+
+        return open_rgb(item.image, self.name)
 
     def load_label(self, item: SegItem, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """The label map as int64 [H, W], ids 0..n-1 or `ignore_index`; checked against the image size."""
@@ -175,8 +176,11 @@ class SegmentationDataset(Dataset):
         self._items = self._classnames = None
         self.classnames()
         for item in self.items():
-            with Image.open(item.image) as im:
-                size = im.size
+            try:
+                with Image.open(item.image) as im:
+                    size = im.size
+            except OSError as exc:
+                raise self._malformed(item.image, f"cannot open the image ({exc})") from None
             try:
                 with Image.open(item.label) as lab:
                     lsize = lab.size

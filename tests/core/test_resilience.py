@@ -98,3 +98,12 @@ def test_a_failure_while_logging_marks_the_run_failed_and_goes_offline(monkeypat
     fresh = Tracker("t")
     runs = fresh.client.search_runs([fresh.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"] and fresh.finished_keys() == set()
+
+
+def test_marking_pending_twice_keeps_the_artifacts(tmp_path):
+    store = RecordStore()
+    artifact = tmp_path / "grid.png"
+    artifact.write_bytes(b"png")
+    store.mark_pending(record("k1"), {"qualitative": artifact})
+    store.mark_pending(record("k1"), store.pending_artifacts("k1"))  # a resumed run, still offline
+    assert store.pending_artifacts("k1")["qualitative"].read_bytes() == b"png"
