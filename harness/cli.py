@@ -226,7 +226,8 @@ def compare_cmd(
         for _, r in frame.iterrows():
             delta = "" if pd.isna(r["delta"]) else f"  Δ {r['delta']:+.2f}"
             out.print(f"  {r['backbone']} {r['task']}.v{r['task_version']}/{r['dataset']} [{r['setting']}] "
-                      f"{r['metric']}: {r['mean_baseline']:.2f} → {r['mean_current']:.2f}{delta}", highlight=False)
+                      f"{r['metric']}: {r['mean_baseline']:.2f} → {r['mean_current']:.2f}{delta}",
+                      highlight=False, markup=False)  # "[head=...]" is not rich markup
     out.print(f"{len(result.unchanged)} unchanged within ±{tolerance}")
     if not result.ok:
         raise HarnessError(f"{len(result.regressed)} regression(s) beyond {tolerance} and "

@@ -40,5 +40,6 @@ def test_cli_exit_codes(tmp_path):
 
     assert run(str(same), str(base)).returncode == 0
     bad = run(str(worse), str(base))
-    assert bad.returncode == 2 and "regressed" in bad.stdout and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "regressed" in bad.stdout and "[shots=1]" in bad.stdout
+    assert "Traceback" not in bad.stderr
     assert run(str(worse), str(base), "--tolerance", "3").returncode == 0
