@@ -193,6 +193,53 @@ class VermouthBackbone(Backbone):
                 out.dense = {k: v.float().cpu() for k, v in dense.items()}
         return out
 
+    def stage_times(self, batch: torch.Tensor) -> dict[str, float]:
+        """Seconds per stage for one pass over `batch`, the same work as `image_features` stage by stage.
+
+        Stages: `vae` (encode), `caption` (prompt=blip only; the caption cache is used as in
+        `image_features`, so a seen image costs a cache read), `text_encoder`, `unet` (noising + the UNet
+        up to its early exit), `expert` (when enabled), `uhead` (a freshly built neck's forward on the dense
+        output; built outside the timing). Device-synchronised on CUDA.
+        """
+        import time
+
+        cuda = self.device.type == "cuda"
+
+        def now() -> float:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+
+        times: dict[str, float] = {}
+        identities = [image_id(im) for im in batch]
+        neck = self.neck().to(self.device).eval()
+        with compute_context(self.device, self.config.dtype):
+            x = batch.to(self.device, non_blocking=True)
+            start = now()
+            z0 = self.diffusion.latents(x)
+            times["vae"] = now() - start
+            if self.options.prompt == "blip":
+                start = now()
+                prompts = self.prompts.prompts(x, identities)
+                times["caption"] = now() - start
+            else:
+                prompts = self.prompts.prompts(x, identities)
+            start = now()
+            context = self.text.encode(prompts, memo=self.prompts.kind != "blip")
+            times["text_encoder"] = now() - start
+            start = now()
+            levels = self.diffusion.levels_from_latents(z0, context, identities)
+            times["unet"] = now() - start
+            dense = dict(levels)
+            if self.expert is not None:
+                start = now()
+                dense.update(self.expert(x, {k: tuple(v.shape[-2:]) for k, v in levels.items()}))
+                times["expert"] = now() - start
+            start = now()
+            neck(dense)
+            times["uhead"] = now() - start
+        return times
+
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """The SD text encoder's pooled EOT state (CLIP-L's unprojected output for SD 1.x), [N, D] fp32."""
         with compute_context(self.device, self.config.dtype):
