@@ -118,6 +118,26 @@ class Dataset(abc.ABC):
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    # -- errors that name the file (what is wrong, where, and how to prepare the data) --------------
+    def _missing(self, path: Path, what: str):  # -> DataMissingError
+        from harness.errors import DataMissingError
+
+        return DataMissingError(f"dataset '{self.name}': {what} is missing: {path}\n"
+                                f"How to prepare it ($HARNESS_DATA/{self.folder}):\n{self.prepare_hint}")
+
+    def _malformed(self, path: Path, why: str):  # -> DataMissingError
+        from harness.errors import DataMissingError
+
+        return DataMissingError(f"dataset '{self.name}': malformed file {path}: {why}")
+
+    def _require_root(self) -> None:
+        if not self.root.is_dir():
+            raise self._missing(self.root, f"the dataset folder (expected $HARNESS_DATA/{self.folder})")
+
+    def _require_file(self, path: Path, what: str) -> None:
+        if not path.is_file():
+            raise self._missing(path, what)
+
     @classmethod
     def generate(cls, root: Path) -> None:
         """Write the dataset in its real on-disk format (embedded `mini` datasets only)."""

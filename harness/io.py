@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def publish_tree(root: Path, write: Callable[[Path], None], same: Callable[[Path, Path], bool]) -> None:
+    """Write a whole folder via a temp sibling and a rename, so a reader never sees half of it.
+
+    An identical tree already at `root` (`same(root, new)`: a concurrent or earlier writer) is kept
+    untouched, so its readers are never disturbed; any other tree at `root` is replaced.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    try:
+        write(tmp)
+        if root.exists():
+            if same(root, tmp):
+                return
+            trash = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
+            os.replace(root, trash / "old")
+            shutil.rmtree(trash)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not root.is_dir():  # a concurrent writer won the race with identical content: keep its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,13 +8,12 @@ position, scale and rotation. One seeded numpy stream draws everything, so every
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from harness.io import publish_tree
 
 MINI_VERSION = "1"  # bump when the pixels or the split change; part of MiniCoOp.fingerprint()
 SEED = 20251125
@@ -125,21 +124,4 @@ def generate(root: Path, seed: int = SEED) -> None:
     """Write the dataset to `root` via a temp sibling folder and a rename, so a reader never sees half a
     dataset. An identical tree already there (same split, version and seed: a concurrent or earlier run)
     is kept untouched, so readers of it are never disturbed; any other tree at `root` is replaced."""
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    try:
-        _write(tmp, seed)
-        if root.exists():
-            if _same(root, tmp):
-                return
-            trash = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-            os.replace(root, trash / "old")
-            shutil.rmtree(trash)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not root.is_dir():  # a concurrent generator won the race with identical content: keep its copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_tree(root, lambda tmp: _write(tmp, seed), _same)

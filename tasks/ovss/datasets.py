@@ -21,7 +21,6 @@ from PIL import Image
 
 from harness.api import Dataset
 from harness.catalog import register_dataset
-from harness.errors import DataMissingError
 from harness.io import canonical_json, sha256_file, sha256_text
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
@@ -58,13 +57,6 @@ class SegmentationDataset(Dataset):
         self._items: list[SegItem] | None = None
         self._classnames: list[str] | None = None
 
-    # -- errors that name the file -------------------------------------------------------------
-    def _missing(self, path: Path, what: str) -> DataMissingError:
-        return DataMissingError(f"dataset '{self.name}': {what} is missing: {path}\n"
-                                f"How to prepare it ($HARNESS_DATA/{self.folder}):\n{self.prepare_hint}")
-
-    def _malformed(self, path: Path, why: str) -> DataMissingError:
-        return DataMissingError(f"dataset '{self.name}': malformed file {path}: {why}")
 
     def _require_dir(self, path: Path, what: str) -> None:
         if not path.is_dir():

@@ -10,13 +10,12 @@ training, so the test vocabulary is really swapped, not just reused. One seeded 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from harness.io import publish_tree
 
 MINI_VERSION = "1"  # bump when pixels, labels or vocabularies change; part of the datasets' fingerprints
 SIZE = 64
@@ -137,21 +136,4 @@ def generate(name: str, root: Path) -> None:
     tree already there (same version, seed and vocabulary) is kept, any other is replaced."""
     if name not in SETS:
         raise ValueError(f"unknown mini OVSS set '{name}'; known: {', '.join(SETS)}")
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    try:
-        _write(name, tmp)
-        if root.exists():
-            if _same(root, tmp):
-                return
-            trash = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-            os.replace(root, trash / "old")
-            shutil.rmtree(trash)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not root.is_dir():  # a concurrent generator won the race with identical content
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_tree(root, lambda tmp: _write(name, tmp), _same)

@@ -22,7 +22,6 @@ from typing import ClassVar
 
 from harness.api import ClassificationDataset, ImageItem
 from harness.catalog import register_dataset
-from harness.errors import DataMissingError
 from harness.io import canonical_json, sha256_file, sha256_text
 from tasks.sbir import mini
 
@@ -60,22 +59,6 @@ class SBIRDataset(ClassificationDataset):
         self._splits: dict[str, list[ImageItem]] | None = None
         self._seen: list[str] | None = None
         self._unseen: list[str] | None = None
-
-    # -- errors that name the file -------------------------------------------------------------
-    def _missing(self, path: Path, what: str) -> DataMissingError:
-        return DataMissingError(f"dataset '{self.name}': {what} is missing: {path}\n"
-                                f"How to prepare it ($HARNESS_DATA/{self.folder}):\n{self.prepare_hint}")
-
-    def _malformed(self, path: Path, why: str) -> DataMissingError:
-        return DataMissingError(f"dataset '{self.name}': malformed file {path}: {why}")
-
-    def _require_root(self) -> None:
-        if not self.root.is_dir():
-            raise self._missing(self.root, f"the dataset folder (expected $HARNESS_DATA/{self.folder})")
-
-    def _require_file(self, path: Path, what: str) -> None:
-        if not path.is_file():
-            raise self._missing(path, what)
 
     # -- split discovery -------------------------------------------------------------------------
     def split_dir(self) -> str:
