@@ -18,11 +18,16 @@ from harness.errors import DataMissingError
 from tasks.fsc import mini
 from tasks.fsc.datasets import (
     DTD,
+    SUN397,
+    UCF101,
     Caltech101,
     EuroSAT,
     FGVCAircraft,
+    Food101,
     ImageNet,
     MiniCoOp,
+    OxfordFlowers,
+    OxfordPets,
     SplitJsonDataset,
     StanfordCars,
 )
@@ -214,6 +219,11 @@ def test_mini_malformed_json(mini_copy: Path) -> None:
     (DTD, ["banded", "blotchy", "braided"]),
     (StanfordCars, ["2012 Tesla Model S", "2012 BMW M3 coupe", "1993 Volvo 240 Sedan"]),
     (EuroSAT, ["Annual Crop Land", "Forest", "Highway or Road"]),
+    (OxfordPets, ["abyssinian", "american_bulldog", "beagle"]),
+    (OxfordFlowers, ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]),
+    (Food101, ["apple_pie", "baby_back_ribs", "baklava"]),
+    (SUN397, ["abbey", "airplane_cabin", "airport_terminal"]),
+    (UCF101, ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery"]),
 ])
 def test_split_json_tree(tmp_path: Path, cls: type[SplitJsonDataset], classes: list[str]) -> None:
     root = tmp_path / cls.folder
