@@ -92,6 +92,7 @@ window.addEventListener('load', function(){
     assert not console, "\n".join(console)
     # The page as written, unprobed: no console errors either, and a screenshot for CI's artifacts.
     shot = Path(os.environ.get("HARNESS_SCREENSHOT_DIR", tmp_path)) / "leaderboard.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
     proc = run_chromium(binary, page, tmp_path, "--window-size=1400,1800", f"--screenshot={shot}")
     assert proc.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
