@@ -209,7 +209,13 @@ def natural_key(text: str) -> tuple:
 
 
 def _short(fingerprint: str) -> str:
-    return fingerprint[:12] if fingerprint else "—"
+    """Hashes are shortened; readable ids (`random(seed=0)`, `org/name@rev`) are kept whole up to the rev."""
+    if not fingerprint:
+        return "—"
+    if fingerprint.startswith("sha256:"):
+        return fingerprint[:19]
+    name, at, rev = fingerprint.partition("@")
+    return name + (at + rev[:10] if at else "")
 
 
 @dataclass
