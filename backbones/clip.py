@@ -36,11 +36,11 @@ from backbones.common import (
     compute_context,
     dense_block_indices,
     freeze,
+    load_strict,
     torch_dtype,
 )
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
-from harness.errors import HarnessError
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,13 +103,14 @@ class CLIPBackbone(Backbone):
     variants = CLIP
     default_variant = "vit-b-16"
     feature_kinds = ("global", "dense")  # image kinds; the text tower is `text_features` / `prompt_embeddings`
+    weight_filenames = OPEN_CLIP_FILENAMES  # timm/*.openai repos also hold a timm-format model.safetensors
 
     def __init__(self, config: BackboneConfig):
         super().__init__(config)
         torch_dtype(config.dtype)  # validates the name before any work
         self.device = torch.device(config.device)
         self.weights: ResolvedWeights = resolve_weights(config.weights or self.card.weights, seed=config.seed,
-                                                        filenames=OPEN_CLIP_FILENAMES)
+                                                        filenames=self.weight_filenames)
         weights_cfg = _weights_config(self.weights.path)
         self.quick_gelu = self._quick_gelu(weights_cfg)
         # Preprocessing: open_clip's defaults < the pretrained tag's cfg < the weights' config < the card's overlay.
@@ -180,14 +181,7 @@ class CLIPBackbone(Backbone):
             state = state["state_dict"]
         if state and next(iter(state)).startswith("module."):
             state = {k.removeprefix("module."): v for k, v in state.items()}
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatch: weights of another architecture
-            raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
-        if result.missing_keys or result.unexpected_keys:
-            missing, unexpected = result.missing_keys, result.unexpected_keys
-            raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
-                               f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+        load_strict(model, state, path)
 
     def _tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
         """open_clip's tokenizer for the arch; a custom config gets its BPE tokenizer at the model's context length."""
@@ -196,17 +190,7 @@ class CLIPBackbone(Backbone):
         return open_clip.get_tokenizer(self.card.arch, context_length=self.model.context_length)
 
     # -- the Backbone interface ----------------------------------------------------------------------------
-    @classmethod
-    def weights_fingerprint(cls, config: BackboneConfig) -> str:
-        """The weights identity without building the model (for the planner's job keys)."""
-        card = cls.variants[config.variant or cls.default_variant]
-        return resolve_weights(config.weights or card.weights, seed=config.seed,
-                               filenames=OPEN_CLIP_FILENAMES).fingerprint
-
-    @property
-    def param_count(self) -> int:
-        """Both towers (what the weights file holds); `card.extra["params_visual"]` is the image tower."""
-        return sum(p.numel() for p in self.model.parameters())
+    # `param_count` counts both towers (what the weights file holds); `card.extra["params_visual"]` is the image's.
 
     @property
     def input_size(self) -> tuple[int, int, int]:

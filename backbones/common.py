@@ -62,3 +62,15 @@ def dense_block_indices(depth: int, levels: int = 4) -> list[int]:
     """`levels` evenly spaced 0-based block indices ending with the last block (12 -> 2, 5, 8, 11)."""
     n = min(levels, depth)
     return [round(depth * (k + 1) / n) - 1 for k in range(n)]
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load a (pre-filtered) state dict strictly; a mismatch names the file and the keys."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: weights of another architecture
+        raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
+                           f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")

@@ -24,6 +24,7 @@ from backbones.common import (
     compute_context,
     dense_block_indices,
     freeze,
+    load_strict,
     timm_weights_data_cfg,
     torch_dtype,
 )
@@ -75,24 +76,7 @@ class DINOBackbone(Backbone):
     def _load(model: torch.nn.Module, path: Path) -> None:
         """Strict load, except a classifier (`head.*`), which `num_classes=0` removed on purpose."""
         state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("head.")}
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatch: weights of another architecture
-            raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
-        if result.missing_keys or result.unexpected_keys:
-            missing, unexpected = result.missing_keys, result.unexpected_keys
-            raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
-                               f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
-
-    @classmethod
-    def weights_fingerprint(cls, config: BackboneConfig) -> str:
-        """The weights identity without building the model (for the planner's job keys)."""
-        card = cls.variants[config.variant or cls.default_variant]
-        return resolve_weights(config.weights or card.weights, seed=config.seed).fingerprint
-
-    @property
-    def param_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        load_strict(model, state, path)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> [B, 3, S, S] on the CPU (resize, center-crop, normalise as timm's config says)."""

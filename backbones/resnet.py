@@ -20,12 +20,12 @@ from backbones.common import (
     check_kinds,
     compute_context,
     freeze,
+    load_strict,
     timm_weights_data_cfg,
     torch_dtype,
 )
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
-from harness.errors import HarnessError
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,24 +68,7 @@ class ResNetBackbone(Backbone):
     def _load(model: torch.nn.Module, path: Path) -> None:
         """Strict load, except the classifier (`fc.*`), which `num_classes=0` removed on purpose."""
         state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatch: weights of another architecture
-            raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
-        if result.missing_keys or result.unexpected_keys:
-            missing, unexpected = result.missing_keys, result.unexpected_keys
-            raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
-                               f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
-
-    @classmethod
-    def weights_fingerprint(cls, config: BackboneConfig) -> str:
-        """The weights identity without building the model (for the planner's job keys)."""
-        card = cls.variants[config.variant or cls.default_variant]
-        return resolve_weights(config.weights or card.weights, seed=config.seed).fingerprint
-
-    @property
-    def param_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        load_strict(model, state, path)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> [B, 3, H, W] on the CPU (resize, crop, normalise as timm's config says)."""

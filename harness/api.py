@@ -92,6 +92,23 @@ class Backbone(abc.ABC):
     def fingerprint(self) -> dict[str, Any]:
         """Weights identity + config, for job keys, cache keys and run records."""
 
+    # The weight files a local folder or hub snapshot is searched for, in order (None: harness.weights' default).
+    weight_filenames: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def weights_fingerprint(cls, config: BackboneConfig) -> str:
+        """The weights identity without building the model (for the planner's job keys)."""
+        from harness.weights import DEFAULT_FILENAMES, resolve_weights
+
+        card = cls.variants[config.variant or cls.default_variant]
+        return resolve_weights(config.weights or card.weights, seed=config.seed,
+                               filenames=cls.weight_filenames or DEFAULT_FILENAMES).fingerprint
+
+    @property
+    def param_count(self) -> int:
+        """Parameters of the built model (`self.model`)."""
+        return sum(p.numel() for p in self.model.parameters())
+
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
