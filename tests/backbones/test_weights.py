@@ -120,3 +120,31 @@ def test_online_download_path(tmp_path, monkeypatch):
     assert w.fingerprint == f"org/up@{REV}" and w.path.name == "open_clip_model.safetensors"
     assert calls[1:] == [["model.safetensors", "config.json", "open_clip_config.json"],
                          ["open_clip_model.safetensors", "config.json", "open_clip_config.json"]]
+
+
+class _CodePayload:
+    """Unpickling this would run a shell command: the classic malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.zeros(1), "payload": _CodePayload(marker)}, tmp_path / "evil.bin")
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict(tmp_path / "evil.bin")
+    assert not marker.exists()
+
+
+def test_no_code_path_passes_trust_remote_code():
+    """`trust_remote_code` is never passed to a loader anywhere in the shipped packages."""
+    root = Path(__file__).resolve().parents[2]
+    hits = [p for pkg in ("harness", "backbones", "tasks") for p in (root / pkg).rglob("*.py")
+            if "trust_remote_code=True" in p.read_text()]
+    assert hits == []
