@@ -1,0 +1,47 @@
+"""Ray is an optional extra: one place imports it, names the extra when it is missing, and connects.
+
+`harness run --executor ray` and the data-parallel extraction both go through `init_ray`, so the
+address rules (none: start a local instance; `auto`; `ray://HOST:PORT`) are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from harness.errors import HarnessError
+
+EXTRA_HINT = "pip install 'vision-harness[ray]'  (from a clone: pip install -e '.[ray]')"
+
+
+def require_ray() -> Any:
+    """The `ray` module, or a HarnessError naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise HarnessError(f"the Ray executor needs the optional extra 'ray', which is not installed: {EXTRA_HINT}"
+                           ) from None
+    return ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Connect to `address` (`auto`, `ray://HOST:PORT`, `HOST:PORT`) or, without one, start a local instance.
+
+    The driver's harness environment (HARNESS_*, MLFLOW_*, HF_*) travels to the workers, so a job reads
+    the same data, cache and weights wherever it runs. Idempotent: an initialised Ray is reused.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "MLFLOW_", "HF_", "TORCH_HOME"))}
+    runtime_env = {"env_vars": env} if env else None
+    kwargs: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise HarnessError(f"cannot reach the Ray cluster at '{address}': {exc}") from None
+    return ray
