@@ -34,13 +34,16 @@ from backbones.vermouth.options import VermouthOptions, resolve_options
 from backbones.vermouth.prompts import BlipCaptioner, PromptSource, TextEncoder
 from backbones.vermouth.uhead import DenseUHead, UHead
 from harness.api import Backbone, Features
+from harness.cache import FeatureCache
 from harness.catalog import register_backbone
+from harness.paths import cache_root
 from harness.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
 
 FEATURE_VERSION = 1  # bump when the extraction changes numerically: it is part of the fingerprint
+LATENT_VERSION = 1  # bump when the VAE encoding changes numerically: it names the latent cache namespace
 
 
 def _options(cls: type[VermouthBackbone], config: BackboneConfig, overrides: dict[str, Any]) -> VermouthOptions:
@@ -106,6 +109,22 @@ class VermouthBackbone(Backbone):
         if opts.expert != "none":
             self.expert = ExpertTrunk(opts.expert, opts.experts[opts.expert], seed=config.seed, device=self.device,
                                       levels=opts.stages)
+        # VAE latents depend on the pipeline weights, the dtype and the preprocessed pixels only, not on t,
+        # noise, stages or prompt: a sweep over those encodes each image once. `None` turns it off (profiling).
+        self.latent_cache: FeatureCache | None = FeatureCache(
+            {"backbone": self.name, "arch": self.card.arch, "weights": self.weights.fingerprint,
+             "dtype": config.dtype, "latent_version": LATENT_VERSION}, "vae-latent", root=cache_root() / "latents")
+        self.channels_last = False
+        self.set_channels_last(self.device.type == "cuda")
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """NHWC memory format for the VAE and UNet weights and the input batch: on by default on CUDA (tensor
+        cores under autocast), off on the CPU. Same numbers within float tolerance, only the layout changes.
+        (The UNet's input is channels-last either way, see `DiffusionFeatures.levels_from_latents`.)"""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for module in (self.parts.unet, self.parts.vae):
+            module.to(memory_format=fmt)
+        self.channels_last = enabled
 
     def _captioner(self) -> BlipCaptioner:
         opts = self.options
@@ -180,9 +199,9 @@ class VermouthBackbone(Backbone):
         check_kinds(self.name, kinds, self.feature_kinds)
         identities = [image_id(im) for im in batch]
         with compute_context(self.device, self.config.dtype):
-            x = batch.to(self.device, non_blocking=True)
+            x = self._to_device(batch)
             context = self.prompts.context(x, identities)
-            levels = self.diffusion.levels(x, context, identities)
+            levels = self.diffusion.levels_from_latents(self._latents(x, identities), context, identities)
             out = Features()
             if "global" in kinds:
                 out.global_ = torch.cat([v.float().mean(dim=(2, 3)) for v in levels.values()], dim=1).cpu()
@@ -192,6 +211,24 @@ class VermouthBackbone(Backbone):
                     dense.update(self.expert(x, {k: tuple(v.shape[-2:]) for k, v in levels.items()}))
                 out.dense = {k: v.float().cpu() for k, v in dense.items()}
         return out
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _latents(self, x: torch.Tensor, identities: Sequence[str]) -> torch.Tensor:
+        """Clean latents of a batch: cached ones read back (same dtype and values), the rest encoded together
+        in one VAE pass and stored. A corrupt entry is a miss (the cache verifies its checksum)."""
+        if self.latent_cache is None:
+            return self.diffusion.latents(x)
+        found = [self.latent_cache.get(i) for i in identities]
+        missing = [k for k, z in enumerate(found) if z is None]
+        if missing:
+            fresh = self.diffusion.latents(x if len(missing) == len(found) else x[missing])
+            for k, z in zip(missing, fresh, strict=True):
+                self.latent_cache.put(identities[k], z)
+                found[k] = z
+        return torch.stack([z.to(self.device) for z in found])
 
     def stage_times(self, batch: torch.Tensor) -> dict[str, float]:
         """Seconds per stage for one pass over `batch`, the same work as `image_features` stage by stage.
@@ -214,9 +251,9 @@ class VermouthBackbone(Backbone):
         identities = [image_id(im) for im in batch]
         neck = self.neck().to(self.device).eval()
         with compute_context(self.device, self.config.dtype):
-            x = batch.to(self.device, non_blocking=True)
+            x = self._to_device(batch)
             start = now()
-            z0 = self.diffusion.latents(x)
+            z0 = self.diffusion.latents(x)  # always encoded: this times the VAE, not a latent-cache read
             times["vae"] = now() - start
             if self.options.prompt == "blip":
                 start = now()

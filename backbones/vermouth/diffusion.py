@@ -153,7 +153,13 @@ class DiffusionFeatures:
 
     def levels_from_latents(self, z0: torch.Tensor, context: torch.Tensor,
                             identities: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The UNet half of `levels`, from clean latents (so latents can be timed or cached on their own)."""
+        """The UNet half of `levels`, from clean latents (so latents can be timed or cached on their own).
+
+        The latents enter in channels-last layout, whatever their origin: it is the layout a CPU VAE encode
+        hands over, and the layout decides the conv kernels, so a latent read back from the cache (a plain
+        contiguous tensor) gives bit-for-bit the features of a fresh encode. On CUDA it is the fast layout.
+        """
+        z0 = z0.contiguous(memory_format=torch.channels_last)
         x_t, timesteps = self.noised(z0, identities)
         self._taps.clear()
         for sink in self._maps.values():
