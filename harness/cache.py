@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,6 +105,28 @@ class FeatureCache:
         atomic_write_bytes(self.path(image_sha), data)
         self._size += len(data)
         return True
+
+
+    def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[Payload]]) -> list[Payload]:
+        """Every key's entry: hits read back, the misses computed together by `compute(miss_indices)` (one
+        batch, in key order) and stored. For inputs that are tensors rather than files (see `tensor_key`)."""
+        found = [self.get(k) for k in keys]
+        missing = [i for i, value in enumerate(found) if value is None]
+        if missing:
+            for i, value in zip(missing, compute(missing), strict=True):
+                self.put(keys[i], value)
+                found[i] = value
+        return found
+
+
+def tensor_key(tensor: torch.Tensor) -> str:
+    """The identity of one input tensor (a crop, a window, a preprocessed image): sha256 of dtype, shape, bytes."""
+    import torch
+
+    data = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+    h.update(data.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def directory_size(root: Path) -> int:

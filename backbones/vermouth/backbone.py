@@ -221,13 +221,8 @@ class VermouthBackbone(Backbone):
         in one VAE pass and stored. A corrupt entry is a miss (the cache verifies its checksum)."""
         if self.latent_cache is None:
             return self.diffusion.latents(x)
-        found = [self.latent_cache.get(i) for i in identities]
-        missing = [k for k, z in enumerate(found) if z is None]
-        if missing:
-            fresh = self.diffusion.latents(x if len(missing) == len(found) else x[missing])
-            for k, z in zip(missing, fresh, strict=True):
-                self.latent_cache.put(identities[k], z)
-                found[k] = z
+        found = self.latent_cache.fetch(identities, lambda miss: self.diffusion.latents(
+            x if len(miss) == len(identities) else x[miss]))
         return torch.stack([z.to(self.device) for z in found])
 
     def stage_times(self, batch: torch.Tensor) -> dict[str, float]:

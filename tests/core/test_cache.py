@@ -1,6 +1,6 @@
 import torch
 
-from harness.cache import FeatureCache, cache_info, clear_cache
+from harness.cache import FeatureCache, cache_info, clear_cache, tensor_key
 
 FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0)"}
 
@@ -50,3 +50,21 @@ def test_info_and_clear():
     rows = cache_info()
     assert rows[0]["backbone"] == "resnet:tiny" and rows[0]["entries"] == 1
     assert clear_cache() > 0 and cache_info() == []
+
+
+def test_fetch_computes_only_the_misses_in_one_batch_and_stores_them():
+    cache = FeatureCache(FP, "dense:input")
+    rows = torch.arange(12, dtype=torch.float32).view(4, 3)
+    keys = [tensor_key(r) for r in rows]
+    assert len(set(keys)) == 4 and tensor_key(rows[0].clone()) == keys[0]
+    assert tensor_key(rows[0].double()) != keys[0]  # dtype is part of the identity
+    cache.put(keys[1], rows[1] * 10)
+    calls: list[list[int]] = []
+
+    def compute(miss):
+        calls.append(miss)
+        return [rows[i] * 10 for i in miss]
+
+    got = cache.fetch(keys, compute)
+    assert calls == [[0, 2, 3]] and all(torch.equal(g, r * 10) for g, r in zip(got, rows, strict=True))
+    assert cache.fetch(keys, compute) and calls == [[0, 2, 3]]  # all stored now: no second call

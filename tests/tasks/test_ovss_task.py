@@ -113,6 +113,10 @@ def test_head_is_trained_once_then_reused(tmp_path):
     redo = task.evaluate(bb, ds, protocol, ctx4)
     assert ctx4.counters["ovss_head_corrupt"] == 1 and ctx4.counters["ovss_head_trained"] == 1
     assert redo.metrics == first.metrics  # same seed, same numbers
+    # ... from views read back from the persistent feature cache: no backbone pass for a view seen before
+    assert ctx1.counters["ovss_train_views_extracted"] > 0 and ctx1.counters["ovss_test_inputs_extracted"] > 0
+    assert ctx4.counters.get("ovss_train_views_extracted", 0) == 0 and ctx4.counters["ovss_train_views_cached"] > 0
+    assert ctx4.counters.get("ovss_test_inputs_extracted", 0) == 0
 
     other = task.evaluate(bb, ds, OVSSProtocol(**{**MINI, "seed": 2}), JobContext(tmp_path / "w5"))
     assert other.details["head_key"] != first.details["head_key"]
