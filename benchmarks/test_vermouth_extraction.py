@@ -3,7 +3,8 @@
 Both sides get the same preprocessed mini_coop images, the same weights (same configs and seed) and
 prompt=blip. The harness batches images (the backbone's batch size), exits the UNet after the deepest block
 the selected levels need, and reads captions from its caption cache (warm: filled by the correctness check;
-the cold number, captions generated once per image in batches, is reported beside it). The reference
+its VAE-latent cache too; the cold number, captions generated and latents encoded once per image in
+batches, is reported beside it and must meet the target as well). The reference
 runs batch 1, generates the caption again for every image and runs the full UNet with forward hooks.
 Features must agree within 1e-5 (fp32) before anything is timed. Target: >= 2x images/s.
 """
@@ -77,14 +78,15 @@ def test_vermouth_extraction_speed(benchmark, images, stages):
     # -- timings ---------------------------------------------------------------------------------------
     ref_s = median_time(lambda: reference.extract(batch), repeats=3)
     captioner = backbone.captioner
-    warm_cache = captioner.cache
+    warm_cache, warm_latents = captioner.cache, backbone.latent_cache
 
     def cold():
         captioner.cache = type(warm_cache)(Path(tempfile.mkdtemp(prefix="captions-")), captioner.fingerprint)
+        backbone.latent_cache = None  # every image through the VAE
         try:
             _extract(backbone, batch)
         finally:
-            captioner.cache = warm_cache
+            captioner.cache, backbone.latent_cache = warm_cache, warm_latents
 
     cold_s = median_time(cold, repeats=1)
     benchmark.group = "vermouth-extraction"
@@ -96,3 +98,28 @@ def test_vermouth_extraction_speed(benchmark, images, stages):
            speedup_cold_captions=ref_s / cold_s, early_exit_after=str(backbone.diffusion._stop_at),
            max_abs_diff_global=err_global, max_abs_diff_dense=err_dense)
     assert ref_s / ours_s >= 2.0, f"harness only {ref_s / ours_s:.2f}x the reference"
+    assert ref_s / cold_s >= 2.0, f"harness (cold caches) only {ref_s / cold_s:.2f}x the reference"
+
+
+def test_latent_cache_in_a_t_sweep(benchmark, images):
+    """A sweep over t re-encodes nothing: the second t reads the first one's VAE latents (same features as
+    encoding afresh, bit for bit). Ratio: the second t's extraction without vs with the latent cache."""
+    first = _harness(STAGES["L0-L3"])
+    batch = first.preprocess(images)
+    _extract(first, batch)  # t=200 fills the latent cache
+
+    from harness.catalog import BACKBONES
+    from harness.config import BackboneConfig
+
+    cfg = BackboneConfig(name="vermouth", variant="tiny", device="cpu", batch_size=BATCH, options={"t": 50})
+    cached, plain = BACKBONES.get("vermouth")(cfg), BACKBONES.get("vermouth")(cfg)
+    plain.latent_cache = None
+    got, want = _extract(cached, batch), _extract(plain, batch)
+    assert all(torch.equal(g.global_, w.global_) for g, w in zip(got, want, strict=True))
+    assert cached.latent_cache.stats.hits == N_IMAGES
+    plain_s = median_time(lambda: _extract(plain, batch), repeats=5)
+    benchmark.group = "vermouth-latent-cache"
+    benchmark.pedantic(_extract, args=(cached, batch), rounds=5, warmup_rounds=1, iterations=1)
+    cached_s = bench_median(benchmark)
+    report(benchmark, f"vermouth t sweep, {N_IMAGES} images, second t", plain_images_per_s=N_IMAGES / plain_s,
+           latent_cache_images_per_s=N_IMAGES / cached_s, speedup=plain_s / cached_s)
