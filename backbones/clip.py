@@ -36,6 +36,7 @@ from backbones.common import (
     compute_context,
     dense_block_indices,
     freeze,
+    identity_fingerprint,
     load_strict,
     torch_dtype,
 )
@@ -278,17 +279,8 @@ class CLIPBackbone(Backbone):
         return weights.T.float().cpu().contiguous()
 
     def fingerprint(self) -> dict[str, Any]:
-        fp = {
-            "backbone": self.name,
-            "variant": self.card.name,
-            "arch": self.card.arch,
-            "weights": self.weights.fingerprint,
-            "weights_kind": self.weights.kind,
-            "input_size": list(self.input_size),
-            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess_cfg.items()},
-            "quick_gelu": self.quick_gelu,
-            "dtype": self.config.dtype,
-        }
+        fp = {**identity_fingerprint(self, self.weights, self.input_size, self.preprocess_cfg),
+              "quick_gelu": self.quick_gelu, "dtype": self.config.dtype}
         if "model_cfg" in self.card.extra:
             fp["model_cfg"] = self.card.extra["model_cfg"]
         return fp

@@ -1,4 +1,5 @@
-"""What every backbone does the same way: dtype names, autocast, freezing, feature-kind checks."""
+"""What every backbone does the same way: dtype names, autocast, freezing, feature-kind checks, the identity
+part of a fingerprint."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.errors import ConfigError, HarnessError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.api import Backbone
+    from harness.weights import ResolvedWeights
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,6 +45,21 @@ def check_kinds(backbone: str, kinds: Sequence[str], known: Sequence[str]) -> No
     unknown = set(kinds) - set(known)
     if unknown:
         raise HarnessError(f"backbone '{backbone}' has no feature kind(s) {sorted(unknown)}; known: {', '.join(known)}")
+
+
+def identity_fingerprint(backbone: Backbone, weights: ResolvedWeights, input_size: Sequence[int],
+                         data_config: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint keys every backbone has: name, card, weights identity, input size, preprocessing config
+    (tuples as lists, as JSON has them). A backbone adds its own keys (dtype, model config, ...)."""
+    return {
+        "backbone": backbone.name,
+        "variant": backbone.card.name,
+        "arch": backbone.card.arch,
+        "weights": weights.fingerprint,
+        "weights_kind": weights.kind,
+        "input_size": list(input_size),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+    }
 
 
 # The keys of a timm pretrained_cfg that change preprocessing (what resolve_model_data_config reads).

@@ -1,45 +1,34 @@
-"""The open_clip CLIP backbone: open_clip's own save/load round trips, dense shapes, text tower, cards."""
+"""The open_clip CLIP backbone: the backbone contract (open_clip's own save/load round trips...), preprocessing,
+hub loads, dense shapes, text tower, cards."""
 
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import types
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_helpers import BackboneContract, backbone_cfg, load_hub_weights, offline_hub
+from backbone_helpers import random_images as images
 from open_clip.model import set_model_preprocess_cfg
 from open_clip.push_to_hf_hub import save_for_hf
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-from PIL import Image
-from safetensors.torch import save_file
 
 from backbones.cards import CLIP
 from backbones.clip import CLIPBackbone, dense_block_indices
-from harness.catalog import BACKBONES
-from harness.errors import HarnessError, WeightsMissingError
+from harness.errors import WeightsMissingError
 
-REV = "89abcdef0123456789abcdef0123456789abcdef"
 TINY_CFG = CLIP["tiny"].extra["model_cfg"]
 TEXTS = ["a photo of a cat.", "a drawing of a dog", ""]
 # A 4-stage ModifiedResNet CLIP (the RN50 family) small enough for a unit test.
 RN_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
-
-def cfg(**kw):
-    """A stand-in for harness.config.BackboneConfig."""
-    base = dict(name="clip", variant="tiny", weights=None, device="cpu", dtype="fp32", batch_size=8, seed=0)
-    return types.SimpleNamespace(**{**base, **kw})
-
-
-def images(n: int = 3) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (70 + 9 * i, 100, 3), dtype=np.uint8)) for i in range(n)]
+cfg = functools.partial(backbone_cfg, "clip")
 
 
 def direct_tiny(seed: int, model_cfg: dict = TINY_CFG) -> torch.nn.Module:
@@ -58,53 +47,22 @@ def save_open_clip(model: torch.nn.Module, folder: Path, safe: bool | str = True
     return folder
 
 
-def fake_hf_cache(cache: Path, repo_id: str, files: dict[str, dict[str, torch.Tensor] | str]) -> Path:
-    """The HF hub cache layout: models--org--name/{refs/main, snapshots/<rev>/<file>}."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / REV
-    snap.mkdir(parents=True)
-    for name, content in files.items():
-        if isinstance(content, str):
-            (snap / name).write_text(content)
-        else:
-            save_file(content, str(snap / name))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REV)
-    return snap
-
-
 def encode_image(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model.encode_image(x)
 
 
-def test_registered_lazily_and_default():
-    assert BACKBONES.get("clip") is CLIPBackbone
+class TestContract(BackboneContract):
+    backbone = CLIPBackbone
+    weight_files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    direct_tiny = staticmethod(direct_tiny)
+    save_tiny = staticmethod(save_open_clip)
+    reference_global = staticmethod(encode_image)
+    other_architecture = staticmethod(lambda: direct_tiny(0, RN_CFG).state_dict())
+
+
+def test_default_variant():
     assert CLIPBackbone.default_variant == "vit-b-16" and CLIP["vit-b-16"].arch == "ViT-B-16"
-
-
-def test_same_seed_same_features_other_seed_differs():
-    x = CLIPBackbone(cfg()).preprocess(images())
-    a = CLIPBackbone(cfg()).image_features(x).global_
-    b = CLIPBackbone(cfg()).image_features(x).global_
-    c = CLIPBackbone(cfg(seed=1)).image_features(x).global_
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-
-
-@pytest.mark.parametrize("safe", [True, False])
-def test_open_clip_save_for_hf_round_trip(tmp_path, safe):
-    model = direct_tiny(seed=123)
-    folder = save_open_clip(model, tmp_path / "w", safe=safe)
-    bb = CLIPBackbone(cfg(weights=str(folder)))
-    assert bb.weights.kind == "file" and bb.weights.fingerprint.startswith("sha256:")
-    assert bb.weights.path.name == ("open_clip_model.safetensors" if safe else "open_clip_pytorch_model.bin")
-    x = bb.preprocess(images())
-    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32  # non-square images come out square
-    torch.testing.assert_close(bb.image_features(x).global_, encode_image(model, x), atol=1e-5, rtol=0)
-    both = bb.image_features(x, kinds=("global", "dense"))
-    torch.testing.assert_close(both.global_, encode_image(model, x), atol=1e-5, rtol=0)
-    assert bb.param_count == CLIP["tiny"].extra["params"]
 
 
 def test_preprocess_is_open_clips_eval_transform(tmp_path):
@@ -124,18 +82,13 @@ def test_hub_cache_round_trip_picks_the_open_clip_file(tmp_path, monkeypatch):
     folder = save_open_clip(model, tmp_path / "saved", safe=True)
     from safetensors.torch import load_file
 
-    fake_hf_cache(tmp_path / "hub", "org/tiny-clip", {
+    bb = load_hub_weights(CLIPBackbone, cfg, monkeypatch, tmp_path / "hub", "org/tiny-clip", {
         # A timm/*.openai repo also holds a timm-format model.safetensors: it must not be chosen.
         "model.safetensors": {"visual.trunk.pos_embed": torch.zeros(1)},
         "open_clip_model.safetensors": load_file(str(folder / "open_clip_model.safetensors")),
         "open_clip_config.json": (folder / "open_clip_config.json").read_text(),
     })
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bb = CLIPBackbone(cfg(weights="hf-hub:org/tiny-clip"))
     assert bb.weights.path.name == "open_clip_model.safetensors"
-    assert bb.weights.fingerprint == f"org/tiny-clip@{REV}" == bb.fingerprint()["weights"]
-    assert CLIPBackbone.weights_fingerprint(cfg(weights="org/tiny-clip")) == f"org/tiny-clip@{REV}"
     x = bb.preprocess(images())
     torch.testing.assert_close(bb.image_features(x).global_, encode_image(model, x), atol=1e-5, rtol=0)
 
@@ -227,8 +180,7 @@ def test_text_features_and_prompt_embeddings(tmp_path):
 
 
 def test_missing_hub_weights_offline_names_id_and_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub(monkeypatch, tmp_path / "hub")
     for call in (lambda: CLIPBackbone(cfg(variant="vit-b-16")),
                  lambda: CLIPBackbone.weights_fingerprint(cfg(variant=None))):
         with pytest.raises(WeightsMissingError) as err:
@@ -238,14 +190,9 @@ def test_missing_hub_weights_offline_names_id_and_command(tmp_path, monkeypatch)
         assert "hf download timm/vit_base_patch16_clip_224.openai" in msg
 
 
-def test_fingerprint_follows_the_weights(tmp_path):
-    a = CLIPBackbone(cfg(weights=str(save_open_clip(direct_tiny(seed=1), tmp_path / "a")))).fingerprint()
-    b = CLIPBackbone(cfg(weights=str(save_open_clip(direct_tiny(seed=2), tmp_path / "b")))).fingerprint()
-    r = CLIPBackbone(cfg()).fingerprint()
-    assert a["weights"] != b["weights"] and r["weights"] == "random(seed=0)"
-    assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
-    assert r["input_size"] == [3, 64, 64] and r["quick_gelu"] is False and r["model_cfg"] == TINY_CFG
-    json.dumps(r)  # it goes into records and cache keys
+def test_fingerprint_keys():
+    fp = CLIPBackbone(cfg()).fingerprint()
+    assert fp["input_size"] == [3, 64, 64] and fp["quick_gelu"] is False and fp["model_cfg"] == TINY_CFG
 
 
 def test_quick_gelu_rule():
@@ -261,21 +208,8 @@ def test_quick_gelu_rule():
     assert bb._quick_gelu({}) is True  # a bare file: the tag
 
 
-def test_wrong_architecture_names_the_file(tmp_path):
-    path = tmp_path / "rn.safetensors"
-    save_file(direct_tiny(0, RN_CFG).state_dict(), str(path))
-    with pytest.raises(HarnessError, match=str(path)):
-        CLIPBackbone(cfg(weights=str(path)))
-
-
-def test_bf16_autocast_on_cpu_returns_fp32_and_frozen():
-    bb = CLIPBackbone(cfg(dtype="bf16"))
-    out = bb.image_features(bb.preprocess(images(1)), kinds=("global", "dense"))
-    assert out.global_.dtype == torch.float32 and out.dense["block2"].dtype == torch.float32
-    assert bb.text_features(["a cat"]).dtype == torch.float32
-    assert not any(p.requires_grad for p in bb.model.parameters()) and not bb.model.training
-    with pytest.raises(HarnessError, match="feature kind"):
-        bb.image_features(torch.zeros(1, 3, 64, 64), kinds=("tokens",))
+def test_bf16_autocast_text_features_are_fp32():
+    assert CLIPBackbone(cfg(dtype="bf16")).text_features(["a cat"]).dtype == torch.float32
 
 
 @pytest.mark.parametrize("variant", sorted(CLIP))

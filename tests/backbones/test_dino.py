@@ -1,36 +1,23 @@
-"""The timm DINO / DINOv2 backbone: timm's own save/load round trips, dense shapes at several sizes, cards."""
+"""The timm DINO / DINOv2 backbone: the backbone contract (timm's own save/load round trips...), preprocessing,
+hub loads, dense shapes at several sizes, cards."""
 
 from __future__ import annotations
 
-import json
-import types
-from pathlib import Path
+import functools
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
-from safetensors.torch import save_file
+from backbone_helpers import TimmContract, backbone_cfg, load_hub_weights, offline_hub, save_timm, timm_global
+from backbone_helpers import random_images as images
 
 from backbones.cards import DINO
 from backbones.dino import DINOBackbone, dense_block_indices
-from harness.catalog import BACKBONES
 from harness.errors import HarnessError, WeightsMissingError
 
-REV = "76543210fedcba9876543210fedcba9876543210"
 TINY = DINO["tiny"]
 
-
-def cfg(**kw):
-    """A stand-in for harness.config.BackboneConfig."""
-    base = dict(name="dino", variant="tiny", weights=None, device="cpu", dtype="fp32", batch_size=8, seed=0)
-    return types.SimpleNamespace(**{**base, **kw})
-
-
-def images(n: int = 3) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (70 + 9 * i, 100, 3), dtype=np.uint8)) for i in range(n)]
+cfg = functools.partial(backbone_cfg, "dino")
 
 
 def direct_tiny(seed: int, **kw) -> torch.nn.Module:
@@ -41,74 +28,39 @@ def direct_tiny(seed: int, **kw) -> torch.nn.Module:
                              **TINY.extra["model_kwargs"], **kw).eval()
 
 
-def direct_global(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+class TestContract(TimmContract):
+    backbone = DINOBackbone
+    direct_tiny = staticmethod(direct_tiny)
+    other_architecture = staticmethod(lambda: timm.create_model(
+        "vit_base_patch16_224.dino", pretrained=False, num_classes=0, embed_dim=32, depth=1, num_heads=2).state_dict())
 
 
-def fake_hf_cache(cache: Path, repo_id: str, files: dict[str, dict[str, torch.Tensor] | str]) -> Path:
-    """The HF hub cache layout: models--org--name/{refs/main, snapshots/<rev>/<file>}."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / REV
-    snap.mkdir(parents=True)
-    for name, content in files.items():
-        if isinstance(content, str):
-            (snap / name).write_text(content)
-        else:
-            save_file(content, str(snap / name))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REV)
-    return snap
-
-
-def test_registered_lazily_and_default():
-    assert BACKBONES.get("dino") is DINOBackbone
+def test_default_variant():
     assert DINOBackbone.default_variant == "vit-b-16" and DINO["vit-b-16"].arch == "vit_base_patch16_224.dino"
 
 
-def test_same_seed_same_features_other_seed_differs():
-    x = DINOBackbone(cfg()).preprocess(images())
-    a = DINOBackbone(cfg()).image_features(x).global_
-    b = DINOBackbone(cfg()).image_features(x).global_
-    c = DINOBackbone(cfg(seed=1)).image_features(x).global_
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-
-
-@pytest.mark.parametrize("safe", [True, False])
-def test_timm_save_for_hf_round_trip(tmp_path, safe):
-    model = direct_tiny(seed=123)
-    timm.models.save_for_hf(model, tmp_path / "w", safe_serialization=safe)
-    bb = DINOBackbone(cfg(weights=str(tmp_path / "w")))
-    assert bb.weights.kind == "file" and bb.weights.fingerprint.startswith("sha256:")
-    assert bb.weights.path.name == ("model.safetensors" if safe else "pytorch_model.bin")
-    x = bb.preprocess(images())
-    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32  # non-square images come out square
-    torch.testing.assert_close(bb.image_features(x).global_, direct_global(model, x), atol=1e-5, rtol=0)
-    both = bb.image_features(x, kinds=("global", "dense"))
-    torch.testing.assert_close(both.global_, direct_global(model, x), atol=1e-5, rtol=0)
-    assert bb.param_count == TINY.extra["params"]
-    # timm's own eval transform for the model's data config.
+def test_preprocess_is_timms_eval_transform(tmp_path):
+    """timm's own eval transform for the model's data config, also when the weights come with timm's
+    config.json (grey images converted to RGB first)."""
+    model = direct_tiny(seed=0)
     expected = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
-    torch.testing.assert_close(x, torch.stack([expected(im) for im in images()]), atol=0, rtol=0)
+    ims = images() + [images(1)[0].convert("L")]
+    want = torch.stack([expected(im.convert("RGB")) for im in ims])
+    for bb in (DINOBackbone(cfg()), DINOBackbone(cfg(weights=str(save_timm(model, tmp_path / "w"))))):
+        torch.testing.assert_close(bb.preprocess(ims), want, atol=0, rtol=0)
 
 
 def test_hub_cache_round_trip(tmp_path, monkeypatch):
     model = direct_tiny(seed=5)
-    fake_hf_cache(tmp_path / "hub", "org/tiny-dino", {"model.safetensors": model.state_dict()})
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bb = DINOBackbone(cfg(weights="hf-hub:org/tiny-dino"))
-    assert bb.weights.fingerprint == f"org/tiny-dino@{REV}" == bb.fingerprint()["weights"]
-    assert DINOBackbone.weights_fingerprint(cfg(weights="org/tiny-dino")) == f"org/tiny-dino@{REV}"
+    bb = load_hub_weights(DINOBackbone, cfg, monkeypatch, tmp_path / "hub", "org/tiny-dino",
+                          {"model.safetensors": model.state_dict()})
     x = bb.preprocess(images())
-    torch.testing.assert_close(bb.image_features(x).global_, direct_global(model, x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bb.image_features(x).global_, timm_global(model, x), atol=1e-5, rtol=0)
 
 
 def test_dense_shapes_at_two_resolutions_and_non_square(tmp_path):
     model = direct_tiny(seed=3)
-    timm.models.save_for_hf(model, tmp_path / "w", safe_serialization=True)
-    bb = DINOBackbone(cfg(weights=str(tmp_path / "w")))
+    bb = DINOBackbone(cfg(weights=str(save_timm(model, tmp_path / "w"))))
     assert bb.dense_levels == TINY.extra["dense_levels"] == ("block1", "block2")
     x = bb.preprocess(images(2))
     dense = bb.image_features(x, kinds=("dense",))
@@ -127,14 +79,13 @@ def test_dense_shapes_at_two_resolutions_and_non_square(tmp_path):
         xi = torch.randn(2, 3, h, w)
         feats = bb.image_features(xi, kinds=("global", "dense"))
         assert {tuple(v.shape) for v in feats.dense.values()} == {(2, 64, h // 16, w // 16)}
-        torch.testing.assert_close(feats.global_, direct_global(dynamic, xi), atol=1e-5, rtol=0)
+        torch.testing.assert_close(feats.global_, timm_global(dynamic, xi), atol=1e-5, rtol=0)
     with pytest.raises(HarnessError, match="multiple of the patch size"):
         bb.image_features(torch.randn(1, 3, 50, 64), kinds=("dense",))
 
 
 def test_missing_hub_weights_offline_names_id_and_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub(monkeypatch, tmp_path / "hub")
     for variant, repo in (("vit-b-16", "timm/vit_base_patch16_224.dino"),
                           ("dinov2-s", "timm/vit_small_patch14_dinov2.lvd142m")):
         with pytest.raises(WeightsMissingError) as err:
@@ -144,33 +95,9 @@ def test_missing_hub_weights_offline_names_id_and_command(tmp_path, monkeypatch)
         DINOBackbone.weights_fingerprint(cfg(variant=None))
 
 
-def test_fingerprint_follows_the_weights(tmp_path):
-    for seed in (1, 2):
-        timm.models.save_for_hf(direct_tiny(seed), tmp_path / str(seed), safe_serialization=True)
-    a = DINOBackbone(cfg(weights=str(tmp_path / "1"))).fingerprint()
-    b = DINOBackbone(cfg(weights=str(tmp_path / "2"))).fingerprint()
-    r = DINOBackbone(cfg()).fingerprint()
-    assert a["weights"] != b["weights"] and r["weights"] == "random(seed=0)"
-    assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
-    assert r["input_size"] == [3, 64, 64] and r["model_kwargs"] == TINY.extra["model_kwargs"]
-    json.dumps(r)
-
-
-def test_wrong_architecture_names_the_file(tmp_path):
-    path = tmp_path / "vit.safetensors"
-    save_file(timm.create_model("vit_base_patch16_224.dino", pretrained=False, num_classes=0, embed_dim=32,
-                                depth=1, num_heads=2).state_dict(), str(path))
-    with pytest.raises(HarnessError, match=str(path)):
-        DINOBackbone(cfg(weights=str(path)))
-
-
-def test_bf16_autocast_on_cpu_returns_fp32_and_frozen():
-    bb = DINOBackbone(cfg(dtype="bf16"))
-    out = bb.image_features(bb.preprocess(images(1)), kinds=("global", "dense"))
-    assert out.global_.dtype == torch.float32 and out.dense["block2"].dtype == torch.float32
-    assert not any(p.requires_grad for p in bb.model.parameters()) and not bb.model.training
-    with pytest.raises(HarnessError, match="feature kind"):
-        bb.image_features(torch.zeros(1, 3, 64, 64), kinds=("tokens",))
+def test_fingerprint_keys():
+    fp = DINOBackbone(cfg()).fingerprint()
+    assert fp["input_size"] == [3, 64, 64] and fp["model_kwargs"] == TINY.extra["model_kwargs"]
 
 
 @pytest.mark.parametrize("variant", sorted(DINO))
@@ -190,8 +117,3 @@ def test_cards_match_the_architecture(variant):
     assert tuple(card.extra["feature_kinds"]) == DINOBackbone.feature_kinds
     assert card.extra["dense_levels"] == tuple(f"block{i + 1}" for i in dense_block_indices(len(model.blocks)))
 
-
-def test_dense_block_indices():
-    assert dense_block_indices(12) == [2, 5, 8, 11]
-    assert dense_block_indices(40) == [9, 19, 29, 39]
-    assert dense_block_indices(2) == [0, 1]

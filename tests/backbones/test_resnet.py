@@ -1,33 +1,21 @@
-"""The timm ResNet backbone: seeded init, feature shapes, and exact weight round trips (file and hub)."""
+"""The timm ResNet backbone: the backbone contract (seeded init, timm's own save round trip...), feature shapes,
+hub loads, cards."""
 
 from __future__ import annotations
 
-import types
+import functools
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
-from safetensors.torch import save_file
+from backbone_helpers import TimmContract, backbone_cfg, load_hub_weights, random_images, timm_global
 
 from backbones.resnet import ResNetBackbone
-from harness.catalog import BACKBONES
-from harness.errors import HarnessError
 
-REV = "fedcba9876543210fedcba9876543210fedcba98"
 TINY_OVERLAY = {"input_size": (3, 112, 112)}
 
-
-def cfg(**kw):
-    """A stand-in for harness.config.BackboneConfig."""
-    base = dict(name="resnet", variant="tiny", weights=None, device="cpu", dtype="fp32", batch_size=8, seed=0)
-    return types.SimpleNamespace(**{**base, **kw})
-
-
-def images(n: int = 3) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (130 + 7 * i, 160, 3), dtype=np.uint8)) for i in range(n)]
+cfg = functools.partial(backbone_cfg, "resnet")
+images = functools.partial(random_images, size=(160, 130), step=7)
 
 
 def direct_tiny(seed: int) -> torch.nn.Module:
@@ -36,23 +24,15 @@ def direct_tiny(seed: int) -> torch.nn.Module:
     return timm.create_model("resnet10t", pretrained=False, pretrained_cfg_overlay=TINY_OVERLAY).eval()
 
 
-def direct_global(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+class TestContract(TimmContract):
+    backbone = ResNetBackbone
+    images = staticmethod(images)
+    direct_tiny = staticmethod(direct_tiny)
+    other_architecture = staticmethod(lambda: timm.create_model("resnet18", pretrained=False).state_dict())
 
 
-def test_registered_lazily():
-    assert BACKBONES.get("resnet") is ResNetBackbone
+def test_default_variant():
     assert ResNetBackbone.default_variant == "resnet50"
-
-
-def test_same_seed_same_features_other_seed_differs():
-    x = ResNetBackbone(cfg()).preprocess(images())
-    a = ResNetBackbone(cfg()).image_features(x).global_
-    b = ResNetBackbone(cfg()).image_features(x).global_
-    c = ResNetBackbone(cfg(seed=1)).image_features(x).global_
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
 
 
 def test_shapes_fingerprint_and_single_pass_kinds():
@@ -67,52 +47,18 @@ def test_shapes_fingerprint_and_single_pass_kinds():
     assert [m.shape[1] for m in both.dense.values()] == [64, 128, 256, 512]
     torch.testing.assert_close(both.global_, bb.image_features(x).global_)
     assert bb.image_features(x, kinds=("dense",)).global_ is None
-    with pytest.raises(HarnessError, match="feature kind"):
-        bb.image_features(x, kinds=("tokens",))
     fp = bb.fingerprint()
     assert fp["weights"] == "random(seed=0)" == ResNetBackbone.weights_fingerprint(cfg())
     assert (fp["arch"], fp["weights_kind"], fp["input_size"], fp["dtype"]) == ("resnet10t", "random",
                                                                              [3, 112, 112], "fp32")
-    assert not any(p.requires_grad for p in bb.model.parameters()) and not bb.model.training
-
-
-@pytest.mark.parametrize("safe", [True, False])
-def test_timm_save_for_hf_round_trip(tmp_path, safe):
-    model = direct_tiny(seed=123)
-    timm.models.save_for_hf(model, tmp_path / "w", safe_serialization=safe)
-    bb = ResNetBackbone(cfg(weights=str(tmp_path / "w")))
-    assert bb.weights.kind == "file" and bb.weights.fingerprint.startswith("sha256:")
-    assert bb.weights.path.name == ("model.safetensors" if safe else "pytorch_model.bin")
-    x = bb.preprocess(images())
-    torch.testing.assert_close(bb.image_features(x).global_, direct_global(model, x))
 
 
 def test_hub_cache_round_trip(tmp_path, monkeypatch):
     model = direct_tiny(seed=5)
-    repo = tmp_path / "hub" / "models--org--tiny"
-    (repo / "snapshots" / REV).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REV)
-    save_file(model.state_dict(), str(repo / "snapshots" / REV / "model.safetensors"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bb = ResNetBackbone(cfg(weights="hf-hub:org/tiny"))
-    assert bb.weights.fingerprint == f"org/tiny@{REV}" == bb.fingerprint()["weights"]
+    bb = load_hub_weights(ResNetBackbone, cfg, monkeypatch, tmp_path / "hub", "org/tiny",
+                          {"model.safetensors": model.state_dict()})
     x = bb.preprocess(images())
-    torch.testing.assert_close(bb.image_features(x).global_, direct_global(model, x))
-
-
-def test_wrong_architecture_names_the_file(tmp_path):
-    path = tmp_path / "r18.safetensors"
-    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(path))
-    with pytest.raises(HarnessError, match=str(path)):
-        ResNetBackbone(cfg(weights=str(path)))
-
-
-def test_bf16_autocast_on_cpu_returns_fp32():
-    bb = ResNetBackbone(cfg(dtype="bf16"))
-    out = bb.image_features(bb.preprocess(images(1)), kinds=("global", "dense"))
-    assert out.global_.dtype == torch.float32 and out.dense["layer4"].dtype == torch.float32
+    torch.testing.assert_close(bb.image_features(x).global_, timm_global(model, x))
 
 
 @pytest.mark.parametrize("variant", ["resnet50", "resnet101", "tiny"])

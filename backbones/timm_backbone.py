@@ -1,0 +1,107 @@
+"""What the timm backbones (`backbones.resnet`, `backbones.dino`) share: the build, the preprocessing, the
+single-pass forward and the fingerprint.
+
+The model is always built from timm's architecture with `pretrained=False`, without its classifier
+(`num_classes=0`), seeded, and then filled from the file that `harness.weights` resolved, so the harness (not
+timm's downloader) decides where weights come from and fingerprints them. Preprocessing is timm's own data
+config for the model (`resolve_model_data_config` + `create_transform`). A subclass says which classifier
+keys a checkpoint may carry, any extra `create_model` arguments, and how its dense maps are taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import timm
+import timm.data
+import torch
+
+from backbones.common import (
+    check_kinds,
+    compute_context,
+    freeze,
+    identity_fingerprint,
+    load_strict,
+    timm_weights_data_cfg,
+    torch_dtype,
+)
+from harness.api import Backbone, Features
+from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from harness.config import BackboneConfig
+
+
+class TimmBackbone(Backbone):
+    """A timm model with the classifier removed (`num_classes=0`), in eval mode, gradients off."""
+
+    # The state-dict prefix of the classifier, which `num_classes=0` removed on purpose ("fc.", "head.").
+    classifier_prefix: ClassVar[str]
+    # `timm.create_model` arguments every variant of the backbone gets (a card adds `extra["model_kwargs"]`).
+    create_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__(config)
+        torch_dtype(config.dtype)  # validates the name before any work
+        self.device = torch.device(config.device)
+        self.weights: ResolvedWeights = resolve_weights(config.weights or self.card.weights, seed=config.seed)
+        # Preprocessing: timm's cfg for the arch < the weights' config.json < the card's overlay.
+        card_overlay = self.card.extra.get("pretrained_cfg_overlay", {})
+        overlay = {**timm_weights_data_cfg(self.weights.path), **card_overlay}
+        self.model_kwargs: dict[str, Any] = dict(self.card.extra.get("model_kwargs", {}))
+        with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+            torch.manual_seed(config.seed)
+            model = timm.create_model(self.card.arch, pretrained=False, num_classes=0, **self.create_kwargs,
+                                      pretrained_cfg_overlay=overlay or None, **self.model_kwargs)
+        if self.weights.path is not None:
+            self._load(model, self.weights.path)
+        self.model = freeze(model, self.device)
+        self.data_config: dict[str, Any] = dict(timm.data.resolve_model_data_config(model))
+        self._transform = timm.data.create_transform(**self.data_config, is_training=False)
+
+    @classmethod
+    def _load(cls, model: torch.nn.Module, path: Path) -> None:
+        """Strict load, except the classifier (`classifier_prefix`), which `num_classes=0` removed on purpose."""
+        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith(cls.classifier_prefix)}
+        load_strict(model, state, path)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> [B, 3, H, W] on the CPU (resize, crop, normalise as timm's config says)."""
+        return torch.stack([self._transform(im if im.mode == "RGB" else im.convert("RGB")) for im in images])
+
+    def _check_batch(self, batch: torch.Tensor) -> None:
+        """Reject an input the model cannot take, before any work (any size by default)."""
+
+    def _forward_dense(self, x: torch.Tensor, with_last: bool) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The final features (None allowed when `with_last` is false) and the named dense maps, in one pass."""
+        raise NotImplementedError
+
+    def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
+        """One forward pass for any mix of kinds; features come back as fp32 whatever the compute dtype.
+
+        global: `forward_head(forward_features(x), pre_logits=True)`; dense: the subclass's `_forward_dense`.
+        """
+        check_kinds(self.name, kinds, self.feature_kinds)
+        self._check_batch(batch)
+        with compute_context(self.device, self.config.dtype):
+            x = batch.to(self.device, non_blocking=True)
+            out = Features()
+            if "dense" in kinds:
+                last, maps = self._forward_dense(x, with_last="global" in kinds)
+                out.dense = {name: m.float() for name, m in maps.items()}
+            else:
+                last = self.model.forward_features(x)
+            if "global" in kinds:
+                out.global_ = self.model.forward_head(last, pre_logits=True).float()
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = {**identity_fingerprint(self, self.weights, self.data_config["input_size"], self.data_config),
+              "dtype": self.config.dtype}
+        if self.model_kwargs:
+            fp["model_kwargs"] = self.model_kwargs
+        return fp
