@@ -327,6 +327,50 @@ def cache_clear_cmd() -> None:
     out.print(f"cleared {clear_cache() / 2**20:.1f} MiB")
 
 
+@app.command("extract")
+def extract_cmd(
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
+    dataset: Annotated[str, typer.Option(help="the dataset whose images are extracted (every split)")],
+    workers: Annotated[int, typer.Option(min=1, help="parallel workers (processes, or Ray tasks)")] = 1,
+    executor: Annotated[str, typer.Option(help="processes (this machine) | ray (Ray tasks; extra 'ray')")
+                        ] = "processes",
+    address: Annotated[str | None, typer.Option(
+        help="with --executor ray: auto | ray://HOST:PORT (default: start a local Ray instance)")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="global | dense, comma-separated or repeated (default: global)")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="only these splits (default: all)")] = None,
+    suite: Annotated[str | None, typer.Option(
+        help="the suite you will run, for its variant, batch size, device and options "
+             "(default: the built-in suite that lists the dataset)")] = None,
+    variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
+    weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="backbone feature option: KEY=VALUE (t=50)")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads per worker (default: 1 on the CPU, so the bits never depend on --workers)")] = None,
+) -> None:
+    """Prewarm the feature cache for one dataset with data-parallel workers; a later `run` reads only hits."""
+    from harness.config import parse_overrides
+    from harness.parallel_extract import backbone_configs, extract_dataset, suite_for_dataset
+
+    configs = backbone_configs(_split_csv(backbone), suite or suite_for_dataset(dataset), variant=variant,
+                               weights=weights, device=device, dtype=dtype, batch_size=batch_size,
+                               options=parse_overrides(opt or []))
+    for cfg in configs:
+        s = extract_dataset(cfg, dataset, kinds=_split_csv(kind) or ["global"], split=_split_csv(split) or None,
+                            workers=workers, executor=executor, address=address, threads=threads)
+        options = "".join(f" {k}={v}" for k, v in cfg.options.items())
+        twins = f" (+{s.items - s.images} files with the same bytes)" if s.items > s.images else ""
+        out.print(f"{s.backbone}{options} {s.dataset}: {s.images} images{twins} x {'+'.join(s.kinds)}, {s.shards} "
+                  f"shard(s) on {s.workers} {s.executor} worker(s): {s.extracted} extracted, {s.cached} already "
+                  f"cached, {s.seconds:.1f} s", highlight=False, soft_wrap=True)
+        if s.streamed:
+            err.print(f"[yellow]warning:[/yellow] {s.streamed} feature(s) were computed but not stored: the cache "
+                      "budget (HARNESS_CACHE_BUDGET_GB) is spent")
+
+
 @app.command()
 def version() -> None:
     """Print the harness version and the source commit."""
