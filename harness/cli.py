@@ -22,6 +22,11 @@ out = Console()
 err = Console(stderr=True)
 
 
+ExecutorOption = Annotated[str, typer.Option("--executor", help="local (this process) | ray (Ray tasks; extra 'ray')")]
+AddressOption = Annotated[str | None, typer.Option(
+    "--address", help="with --executor ray: auto | ray://HOST:PORT (default: start a local Ray instance)")]
+
+
 def _split_csv(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
@@ -43,6 +48,8 @@ def run(
     skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
     shard_: Annotated[str | None, typer.Option("--shard", help="run slice I/N of the job grid (0-based)")] = None,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
     from harness.config import RunConfig, parse_overrides, validate
@@ -60,13 +67,16 @@ def run(
         "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or []),
         "resume": resume, "skip_missing": skip_missing,
         "dry_run": dry_run}, "command line")
-    _plan_and_run(load_suite(cfg.suite), cfg, out_dir, shard_)
+    _plan_and_run(load_suite(cfg.suite), cfg, out_dir, shard_, executor, address)
 
 
-def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None) -> None:
+def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_name: str = "local",
+                  address: str | None = None) -> None:
     """Plan a suite, stop on missing data (unless skipped), then dry-run or execute the (sharded) jobs."""
+    from harness.executor import make_executor
     from harness.planner import parse_shard, plan, shard
 
+    executor = make_executor(executor_name, address)  # a bad choice or a missing extra fails before planning
     the_plan = plan(cfg, spec)
     if the_plan.missing:
         table = Table(title="datasets not prepared", show_lines=True)
@@ -83,7 +93,8 @@ def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None) -> None:
     if cfg.dry_run:
         _print_plan(the_plan)
         return
-    _execute(spec.name, cfg, the_plan.jobs, out_dir)
+    where = {"executor": executor_name, **({"address": address} if address else {})}
+    _execute(spec.name, cfg, the_plan.jobs, out_dir, executor, where)
 
 
 @app.command()
@@ -96,6 +107,8 @@ def sweep(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Run a grid over backbone feature options (e.g. Vermouth's t x stages) as one suite."""
     from harness.config import RunConfig, parse_overrides, validate
@@ -113,7 +126,7 @@ def sweep(
     seed_list = [int(s) for s in _split_csv([seeds])] if seeds else None
     cfg = validate(RunConfig, {"suite": spec.name, "backbones": _split_csv(backbone), "seeds": seed_list,
                                "overrides": parse_overrides(set_ or []), "dry_run": dry_run}, "command line")
-    _plan_and_run(spec, cfg, out_dir, None)
+    _plan_and_run(spec, cfg, out_dir, None, executor, address)
 
 
 def _print_plan(the_plan) -> None:
@@ -132,14 +145,13 @@ def _print_plan(the_plan) -> None:
     out.print(table)
 
 
-def _execute(suite: str, cfg, jobs, out_dir: Path) -> None:
-    from harness.executor import LocalExecutor
+def _execute(suite: str, cfg, jobs, out_dir: Path, executor, where: dict) -> None:
+    """Run the jobs on `executor` (`where`: how it was chosen, logged with the invocation's params)."""
     from harness.tracking import Tracker
 
-    executor = LocalExecutor()
     executor.preflight(jobs)  # bad or missing files stop the run before MLflow or any model starts
     tracker = Tracker(suite)
-    with tracker.invocation(cfg.model_dump(mode="json")):
+    with executor, tracker.invocation({**cfg.model_dump(mode="json"), **where}):  # Ray, if started, stops here
         summary = executor.run(jobs, tracker, resume=cfg.resume)
     err.print(f"[bold]{len(summary.ran)} job(s) ran, {len(summary.skipped)} skipped (already finished)"
               + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else "")

@@ -1,4 +1,8 @@
-"""The local executor: runs planned jobs one by one, skipping finished keys, with progress bars.
+"""Executors: run planned jobs, skipping finished keys, with progress bars.
+
+`LocalExecutor` evaluates jobs one by one in this process; `harness.ray_executor.RayExecutor` evaluates
+them as Ray tasks. Both share `Executor.run`, so whatever computes a job, this process writes its record
+and logs it the same way.
 
 Order of effects per job: compute → write the run record (atomic) → log to MLflow. A job whose record
 exists is never recomputed; if its MLflow run is missing (tracker was down, process killed) the record
@@ -13,19 +17,22 @@ tracker is unreachable the run goes on: records are kept, the jobs are marked pe
 
 from __future__ import annotations
 
+import abc
 import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from harness.api import Backbone, JobContext
 from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
+from harness.errors import ConfigError, UnknownNameError
 from harness.planner import Job, open_dataset
 from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
 from harness.tracking import Tracker, TrackerUnavailable, scratch_dir, warn
@@ -98,11 +105,41 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
     return record, {"workdir": workdir, "artifacts": result.artifacts}
 
 
-class LocalExecutor:
+JobDone = Callable[[Job, dict, dict], None]
+"""`done(job, record, artifacts)`: write the record, log it with its artifact files, count it."""
+
+
+@dataclass
+class JobProgress:
+    """The progress display an executor reports into: the jobs bar, and batches of the running job."""
+
+    progress: Progress
+    jobs_bar: TaskID
+
+    def running(self, job: Job) -> None:
+        self.progress.update(self.jobs_bar, description=f"jobs  {job.label}")
+
+
+class Executor(abc.ABC):
+    """What every executor shares, so that records and MLflow runs are the same whichever one computes:
+    preflight, skip-or-relog of finished keys, and for each job that finishes, record first, then MLflow.
+
+    Subclasses only decide *where* jobs are evaluated (`_run_jobs`); the driver process always writes the
+    records and logs them, as each job finishes.
+    """
+
     def __init__(self, store: RecordStore | None = None, console: Console | None = None):
         self.store = store or RecordStore()
         self.console = console or Console(stderr=True)
         self._verified: set[str] = set()
+
+    def __enter__(self) -> Executor:
+        """The `with` block holds whatever the executor needs while it runs (a Ray connection)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Release what `run` started; nothing to release for the local executor."""
+        return None
 
     def preflight(self, jobs: list[Job]) -> None:
         """Before any work: every dataset a job to run reads passes its `verify()` (listed files exist).
@@ -127,41 +164,81 @@ class LocalExecutor:
         return False
 
     def run(self, jobs: list[Job], tracker: Tracker, resume: bool = True) -> RunSummary:
+        """Skip (and re-log when MLflow lacks them) finished keys, evaluate the rest, record and log each one.
+
+        A key listed twice is evaluated once; its second listing counts as skipped.
+        """
         summary = RunSummary()
-        self.preflight([j for j in jobs if not (resume and self.store.exists(j.key))])
+        todo: dict[str, Job] = {}
+        finished: list[str] = []
+        for job in jobs:
+            if (resume and self.store.exists(job.key)) or job.key in todo:
+                finished.append(job.key)
+            else:
+                todo[job.key] = job
+        self.preflight(list(todo.values()))
         logged = tracker.finished_keys()
-        backbone: Backbone | None = None
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False) as progress:
             jobs_bar = progress.add_task("jobs", total=len(jobs))
-            batch_bar = progress.add_task("batches", total=None, visible=False)
-
-            def on_batch(done: int, total: int) -> None:
-                progress.update(batch_bar, completed=done, total=total, visible=True)
-
-            for job in jobs:
-                key = job.key
-                progress.update(jobs_bar, description=f"jobs  {job.label}")
-                if resume and self.store.exists(key):
-                    if key not in logged:
-                        if self._log(tracker, self.store.read(key), self.store.pending_artifacts(key), summary):
-                            summary.relogged.append(key)
-                        logged.add(key)
-                    summary.skipped.append(key)
-                    progress.advance(jobs_bar)
-                    continue
-                if backbone is None or backbone.config != job.backbone:
-                    backbone = None  # free the previous model before building the next
-                    backbone = build_backbone(job.backbone)
-                record, extra = run_job(job, backbone, on_batch)
-                self.store.write(record)
-                self._log(tracker, record, extra["artifacts"], summary)
-                logged.add(key)
-                shutil.rmtree(extra["workdir"], ignore_errors=True)
-                summary.ran.append(key)
+            for key in finished:
+                if key not in logged and key not in todo:
+                    if self._log(tracker, self.store.read(key), self.store.pending_artifacts(key), summary):
+                        summary.relogged.append(key)
+                    logged.add(key)
+                summary.skipped.append(key)
                 progress.advance(jobs_bar)
+
+            def done(job: Job, record: dict, artifacts: dict) -> None:
+                self.store.write(record)
+                self._log(tracker, record, artifacts, summary)
+                logged.add(job.key)
+                summary.ran.append(job.key)
+                progress.advance(jobs_bar)
+
+            self._run_jobs(list(todo.values()), done, JobProgress(progress, jobs_bar))
         if summary.pending:
             suite = jobs[0].suite if jobs else "?"
             warn(f"{len(summary.pending)} job(s) finished but are not in MLflow yet (tracker unreachable); their "
                  f"records are kept, run `harness sync --suite {suite}` when the server is back")
         return summary
+
+    @abc.abstractmethod
+    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress) -> None:
+        """Evaluate `jobs` (none finished yet) and call `done` in this process as each one finishes."""
+
+
+class LocalExecutor(Executor):
+    """Jobs one by one in this process; a backbone is built once for consecutive jobs that share it."""
+
+    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress) -> None:
+        batch_bar = progress.progress.add_task("batches", total=None, visible=False)
+
+        def on_batch(n: int, total: int) -> None:
+            progress.progress.update(batch_bar, completed=n, total=total, visible=True)
+
+        backbone: Backbone | None = None
+        for job in jobs:
+            progress.running(job)
+            if backbone is None or backbone.config != job.backbone:
+                backbone = None  # free the previous model before building the next
+                backbone = build_backbone(job.backbone)
+            record, extra = run_job(job, backbone, on_batch)
+            done(job, record, extra["artifacts"])
+            shutil.rmtree(extra["workdir"], ignore_errors=True)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str = "local", address: str | None = None) -> Executor:
+    """The executor `harness run --executor NAME [--address ADDRESS]` asks for; Ray is imported only for `ray`."""
+    if name == "local":
+        if address:
+            raise ConfigError("--address is the Ray cluster to run on: it needs --executor ray")
+        return LocalExecutor()
+    if name == "ray":
+        from harness.ray_executor import RayExecutor
+
+        return RayExecutor(address)
+    raise UnknownNameError("executor", name, EXECUTORS)

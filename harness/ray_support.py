@@ -28,12 +28,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Connect to `address` (`auto`, `ray://HOST:PORT`, `HOST:PORT`) or, without one, start a local instance.
 
     The driver's harness environment (HARNESS_*, MLFLOW_*, HF_*) travels to the workers, so a job reads
-    the same data, cache and weights wherever it runs. Idempotent: an initialised Ray is reused.
+    the same data, cache and weights wherever it runs. A local instance also gets the driver's resolved
+    home, data and cache folders: their defaults depend on the working directory, and a Ray worker's is
+    not the driver's. Idempotent: an initialised Ray is reused.
     """
     ray = require_ray()
     if ray.is_initialized():
         return ray
     env = {k: v for k, v in os.environ.items() if k.startswith(("HARNESS_", "MLFLOW_", "HF_", "TORCH_HOME"))}
+    if not address:
+        from harness.paths import cache_root, data_root, harness_home
+
+        env.update(HARNESS_HOME=str(harness_home()), HARNESS_DATA=str(data_root().resolve()),
+                   HARNESS_CACHE=str(cache_root().resolve()))
     runtime_env = {"env_vars": env} if env else None
     kwargs: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
     if address:
