@@ -51,6 +51,36 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def ensure_sqlite_store(uri: str, artifact_root: Path | None = None) -> None:
+    """Create a new SQLite tracking database whole or not at all.
+
+    MLflow builds a fresh SQLite store by running its schema migrations in place, and SQLite's alembic
+    migrations are not one transaction: a process killed half-way (SIGKILL on the first `harness run`
+    of a new HARNESS_HOME) leaves a half-migrated file that every later run fails to open ("table
+    _alembic_tmp_... already exists"). So a missing database is migrated in a temp file beside it and
+    then hard-linked into place (which never replaces a database a concurrent run made first).
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return
+    db = Path(uri[len(prefix):])
+    if db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        store = SqlAlchemyStore(prefix + str(tmp), str(artifact_root or Path("mlruns").resolve()))
+        store.engine.dispose()
+        with contextlib.suppress(FileExistsError):  # a concurrent run created it first: keep that one
+            os.link(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class TrackerUnavailable(HarnessError):
     """The tracking server could not be reached (the tracker is offline)."""
 
@@ -78,11 +108,15 @@ class Tracker:
         self.experiment = experiment or experiment_name(suite)
         self.default_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri may export it
         self.uri = tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        self.client = mlflow.MlflowClient()
         self.offline_reason: str | None = None
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
+        try:  # before the client: creating it opens (and would migrate in place) the store
+            ensure_sqlite_store(self.uri, harness_home() / "mlartifacts" if self.default_store else None)
+        except Exception as exc:  # noqa: BLE001 (an unusable store means offline)
+            self.go_offline(exc)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient()
         try:
             self.experiment_id = self._experiment()
         except Exception as exc:  # noqa: BLE001 (any failure to reach the store means offline)
