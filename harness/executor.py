@@ -190,8 +190,11 @@ class Executor(abc.ABC):
                 progress.advance(jobs_bar)
 
             def done(job: Job, record: dict, artifacts: dict) -> None:
+                # The artifacts are kept beside the record before it lands: a process killed between the
+                # record and its MLflow run re-logs both on resume (the job's scratch files are gone by then).
+                self.store.mark_pending(record, artifacts)
                 self.store.write(record)
-                self._log(tracker, record, artifacts, summary)
+                self._log(tracker, record, self.store.pending_artifacts(job.key), summary)
                 logged.add(job.key)
                 summary.ran.append(job.key)
                 progress.advance(jobs_bar)

@@ -107,3 +107,46 @@ def test_marking_pending_twice_keeps_the_artifacts(tmp_path):
     store.mark_pending(record("k1"), {"qualitative": artifact})
     store.mark_pending(record("k1"), store.pending_artifacts("k1"))  # a resumed run, still offline
     assert store.pending_artifacts("k1")["qualitative"].read_bytes() == b"png"
+
+
+def test_killed_between_record_and_mlflow_relogs_the_artifacts_on_resume(tmp_path):
+    """The record lands, the process dies before its MLflow run: the resumed run logs record and artifacts."""
+    from harness.config import BackboneConfig
+    from harness.executor import Executor
+    from harness.planner import Job
+
+    job = Job(suite="t", backbone=BackboneConfig(name="resnet", variant="tiny"), task="fsc", task_version="1",
+              dataset="mini_coop", protocol={"seed": 1}, column="c", data_fingerprint="d", weights_fingerprint="w")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "grid.png").write_bytes(b"png")
+
+    class Died(BaseException):
+        pass
+
+    class OneJob(Executor):
+        def preflight(self, jobs):
+            pass
+
+        def _run_jobs(self, jobs, done, progress):
+            for j in jobs:
+                done(j, {**record(j.key), "job_key": j.key}, {"qualitative": scratch / "grid.png"})
+
+    dying = Tracker("t")
+
+    def die(*args, **kwargs):
+        raise Died
+
+    dying.log_job = die
+    with pytest.raises(Died):
+        OneJob().run([job], dying)
+    import shutil
+
+    shutil.rmtree(scratch)  # the scratch folder does not survive the process
+    store = RecordStore()
+    assert store.exists(job.key)
+    tracker = Tracker("t")
+    summary = OneJob().run([job], tracker)
+    assert summary.relogged == [job.key] and store.pending_keys("t") == []
+    run_id = tracker.job_runs().iloc[0]["run_id"]
+    assert [a.path for a in tracker.client.list_artifacts(run_id, "qualitative")] == ["qualitative/grid.png"]
