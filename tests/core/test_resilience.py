@@ -150,3 +150,20 @@ def test_killed_between_record_and_mlflow_relogs_the_artifacts_on_resume(tmp_pat
     assert summary.relogged == [job.key] and store.pending_keys("t") == []
     run_id = tracker.job_runs().iloc[0]["run_id"]
     assert [a.path for a in tracker.client.list_artifacts(run_id, "qualitative")] == ["qualitative/grid.png"]
+
+
+def test_a_new_sqlite_store_is_made_whole_beside_and_never_replaces_one(tmp_path):
+    from harness.tracking import ensure_sqlite_store
+
+    db = tmp_path / "home" / "mlflow.db"
+    ensure_sqlite_store(f"sqlite:///{db}", tmp_path / "artifacts")
+    assert db.is_file() and [p.name for p in db.parent.iterdir()] == ["mlflow.db"]  # no temp file left
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    client.create_experiment("x")  # a fully migrated store: no migration runs on open
+    other = tmp_path / "other.db"
+    other.write_bytes(b"made by a concurrent run")
+    ensure_sqlite_store(f"sqlite:///{other}")
+    assert other.read_bytes() == b"made by a concurrent run"
+    ensure_sqlite_store("http://127.0.0.1:5000")  # not SQLite: nothing to do
