@@ -296,23 +296,25 @@ class VermouthBackbone(Backbone):
             level_in[level] += extra
         return level_in, fusion
 
-    def neck(self, seed: int | None = None) -> VermouthNeck:
-        """A fresh U-head (+ adapters): dense dict → L2-normalised [B, embed_dim]; seeded init."""
+    def _seeded_neck(self, seed: int | None, make_head: Any) -> VermouthNeck:
+        """`make_head(level_in)` wrapped with the stages and adapters, initialised under `seed` (default: the
+        config's) without disturbing the caller's RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed if seed is None else seed)
             level_in, fusion = self._fusion()
-            u = self.options.uhead
-            head = UHead(level_in, u.widths, u.groups, u.heads, u.embed_dim, u.pool_size)
-            return VermouthNeck(self.options.stages, head, fusion)
+            return VermouthNeck(self.options.stages, make_head(level_in), fusion)
+
+    def neck(self, seed: int | None = None) -> VermouthNeck:
+        """A fresh U-head (+ adapters): dense dict → L2-normalised [B, embed_dim]; seeded init."""
+        u = self.options.uhead
+        return self._seeded_neck(seed, lambda level_in: UHead(level_in, u.widths, u.groups, u.heads, u.embed_dim,
+                                                              u.pool_size))
 
     def dense_neck(self, seed: int | None = None) -> VermouthNeck:
         """A fresh OVSS head (+ adapters): dense dict → per-pixel L2-normalised [B, embed_dim, H, W]."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed if seed is None else seed)
-            level_in, fusion = self._fusion()
-            d = self.options.dense_head
-            head = DenseUHead(level_in, d.widths, d.fpn_channels, d.groups, d.embed_dim, d.dropout)
-            return VermouthNeck(self.options.stages, head, fusion)
+        d = self.options.dense_head
+        return self._seeded_neck(seed, lambda level_in: DenseUHead(level_in, d.widths, d.fpn_channels, d.groups,
+                                                                   d.embed_dim, d.dropout))
 
     @property
     def embed_dim(self) -> int:

@@ -59,21 +59,24 @@ SD_KEYS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 BLIP_KEYS = ("blip", "blip_image_size", "blip_vocab")
 
 
-def resolve_pipeline(spec: str, seed: int, arch: str) -> ResolvedWeights:
-    """A pipeline spec (folder, hub id or "random") → folder + fingerprint, without loading anything."""
-    resolved = resolve_model_folder(spec, seed=seed, required=SD_REQUIRED, include=SD_INCLUDE,
-                                    allow_patterns=SD_DOWNLOAD)
+def _resolve(spec: str, seed: int, arch: str, required: Any, include: Any, allow: Any,
+             keys: tuple[str, ...]) -> ResolvedWeights:
+    """A folder, hub id or "random" → folder + fingerprint, without loading anything. Random weights are
+    named by the seed and the component configs they are built from."""
+    resolved = resolve_model_folder(spec, seed=seed, required=required, include=include, allow_patterns=allow)
     if resolved.kind == "random":
-        return replace(resolved, fingerprint=f"{resolved.fingerprint}:{config_fingerprint(arch, SD_KEYS)}")
+        return replace(resolved, fingerprint=f"{resolved.fingerprint}:{config_fingerprint(arch, keys)}")
     return resolved
+
+
+def resolve_pipeline(spec: str, seed: int, arch: str) -> ResolvedWeights:
+    """The SD pipeline (unet, vae, text encoder, tokenizer, scheduler)."""
+    return _resolve(spec, seed, arch, SD_REQUIRED, SD_INCLUDE, SD_DOWNLOAD, SD_KEYS)
 
 
 def resolve_captioner(spec: str, seed: int, arch: str) -> ResolvedWeights:
-    resolved = resolve_model_folder(spec, seed=seed, required=BLIP_REQUIRED, include=BLIP_INCLUDE,
-                                    allow_patterns=BLIP_DOWNLOAD)
-    if resolved.kind == "random":
-        return replace(resolved, fingerprint=f"{resolved.fingerprint}:{config_fingerprint(arch, BLIP_KEYS)}")
-    return resolved
+    """The BLIP captioner."""
+    return _resolve(spec, seed, arch, BLIP_REQUIRED, BLIP_INCLUDE, BLIP_DOWNLOAD, BLIP_KEYS)
 
 
 def _load(what: str, folder: Path, loader: Any) -> Any:
