@@ -3,7 +3,8 @@ session and SIGKILLed — by the test at a chosen moment, or by themselves at an
 a real MLflow server, and the checks a resumed run must pass (whole records, one FINISHED MLflow run per
 job key, every cache entry whole and checksummed).
 
-Everything runs as a subprocess, the way a user runs it, so that a kill is a real kill.
+Everything runs as a subprocess, the way a user runs it, so that a kill is a real kill. (A module of its own,
+not conftest.py: a bare `conftest` import is ambiguous when several test folders are collected together.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 import yaml
 
 # -- suites -----------------------------------------------------------------------------------------
@@ -241,13 +241,3 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    srv = Server(root, free_port())
-    srv.start()
-    yield srv
-    srv.stop()

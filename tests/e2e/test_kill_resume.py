@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-import conftest as e2e
+import e2e_helpers as e2e
 import pandas as pd
 
 N_JOBS = 4

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import (
+from e2e_helpers import (
     assert_resumed_state,
     fsc_entry,
     harness_env,

@@ -6,7 +6,7 @@ import json
 import time
 
 import pandas as pd
-from conftest import fsc_entry, harness_env, job_runs, run_harness, write_suite
+from e2e_helpers import fsc_entry, harness_env, job_runs, run_harness, write_suite
 
 
 def harness(uri: str, *args: str, check: bool = True):

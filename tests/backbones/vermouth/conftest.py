@@ -5,28 +5,14 @@ text_encoder/, tokenizer/ as vocab.json + merges.txt, scheduler/ as SD's PNDM co
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from backbones.vermouth.configs import TINY
 
 FOLDER_SEED = 123  # differs from the random-init seed, so a folder load cannot pass by accident
-
-
-def tiny_cfg(**kw) -> types.SimpleNamespace:
-    """A stand-in for harness.config.BackboneConfig."""
-    base = dict(name="vermouth", variant="tiny", weights=None, device="cpu", dtype="fp32", batch_size=8, seed=0)
-    return types.SimpleNamespace(**{**base, **kw})
-
-
-def images(n: int = 3, size: tuple[int, int] = (96, 80)) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (size[1] + 5 * i, size[0], 3), dtype=np.uint8)) for i in range(n)]
 
 
 def _clip_vocab() -> tuple[dict[str, int], list[str]]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import images, tiny_cfg
+from vermouth_helpers import images, tiny_cfg
 
 from backbones.vermouth.backbone import VermouthBackbone
 from backbones.vermouth.diffusion import image_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import images, tiny_cfg
+from vermouth_helpers import images, tiny_cfg
 
 from backbones.vermouth.backbone import VermouthBackbone
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import images, tiny_cfg
+from vermouth_helpers import images, tiny_cfg
 
 from backbones.vermouth.backbone import VermouthBackbone
 from backbones.vermouth.components import SD_INCLUDE, SD_REQUIRED
