@@ -39,9 +39,11 @@ from backbones.common import (
     identity_fingerprint,
     load_strict,
     torch_dtype,
+    weights_dtype,
 )
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
+from harness.numerics import seeded_init, to_float32
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,12 +119,11 @@ class CLIPBackbone(Backbone):
         # Preprocessing: open_clip's defaults < the pretrained tag's cfg < the weights' config < the card's overlay.
         pp_overlay = merge_preprocess_dict(self._tag_cfg(), weights_cfg.get("preprocess_cfg") or {})
         pp_overlay = merge_preprocess_dict(pp_overlay, self.card.extra.get("preprocess_cfg", {}))
-        with torch.random.fork_rng(devices=[]), _quiet_logging():  # seeded init, caller's RNG untouched
-            torch.manual_seed(config.seed)
+        with seeded_init(config.seed, portable=self.weights.path is None), _quiet_logging():  # caller's RNG untouched
             model = self._build(pp_overlay)
         if self.weights.path is not None:
             self._load(model, self.weights.path)
-        self.model = freeze(model, self.device)
+        self.model = freeze(model, self.device, config.dtype)
         self.preprocess_cfg: dict[str, Any] = dict(model.visual.preprocess_cfg)
         self._transform = image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
         self.tokenizer = self._tokenizer()
@@ -242,18 +243,18 @@ class CLIPBackbone(Backbone):
         """
         check_kinds(self.name, kinds, self.feature_kinds)
         with compute_context(self.device, self.config.dtype):
-            x = batch.to(self.device, non_blocking=True)
+            x = batch.to(self.device, weights_dtype(self.config.dtype), non_blocking=True)
             visual = self._visual_for(*x.shape[-2:])
             out = Features()
             if "dense" in kinds:
                 res = visual.forward_intermediates(x, indices=self._dense_indices, normalize_intermediates=True,
                                                    intermediates_only="global" not in kinds, output_fmt="NCHW")
-                out.dense = {name: m.float() for name, m in
+                out.dense = {name: to_float32(m) for name, m in
                              zip(self.dense_levels, res["image_intermediates"], strict=True)}
                 if "global" in kinds:
-                    out.global_ = res["image_features"].float()
+                    out.global_ = to_float32(res["image_features"])
             elif "global" in kinds:
-                out.global_ = (self.model.encode_image(x) if visual is self.model.visual else visual(x)).float()
+                out.global_ = to_float32(self.model.encode_image(x) if visual is self.model.visual else visual(x))
         return out
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -262,7 +263,7 @@ class CLIPBackbone(Backbone):
         with compute_context(self.device, self.config.dtype):
             for start in range(0, len(texts), 256):
                 tokens = self.tokenizer(list(texts[start:start + 256])).to(self.device)
-                chunks.append(self.model.encode_text(tokens).float().cpu())
+                chunks.append(to_float32(self.model.encode_text(tokens)).cpu())
         if not chunks:
             return torch.empty(0, self.model.visual.output_dim)
         return torch.cat(chunks)
@@ -276,7 +277,7 @@ class CLIPBackbone(Backbone):
         with compute_context(self.device, self.config.dtype):
             weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates),
                                                  num_classes_per_batch=per_batch, device=self.device)
-        return weights.T.float().cpu().contiguous()
+        return to_float32(weights.T).cpu().contiguous()
 
     def fingerprint(self) -> dict[str, Any]:
         fp = {**identity_fingerprint(self, self.weights, self.input_size, self.preprocess_cfg),

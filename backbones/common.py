@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.api import Backbone
     from harness.weights import ResolvedWeights
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -26,19 +26,30 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def weights_dtype(dtype_name: str) -> torch.dtype:
+    """The dtype weights and inputs are held in: float64 for `fp64`, else float32 (fp16/bf16 are autocast).
+
+    `fp64` exists for portability, not speed: a forward pass in double precision rounded to the float32 of the
+    feature cache gives the same bits whatever the CPU's vector kernels and thread count, where float32's
+    kernels differ in the last bits (the `mini` suite runs so, to reproduce on any x86-64 machine).
+    """
+    return torch.float64 if torch_dtype(dtype_name) == torch.float64 else torch.float32
+
+
 def compute_context(device: torch.device, dtype_name: str) -> contextlib.AbstractContextManager:
-    """Inference mode plus autocast for fp16/bf16 (weights stay fp32; outputs are cast back by the caller)."""
+    """Inference mode plus autocast for fp16/bf16 (weights stay fp32; outputs are cast back by the caller);
+    fp32 and fp64 run in the weights' own dtype (`weights_dtype`)."""
     dtype = torch_dtype(dtype_name)
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
-    if dtype != torch.float32:
+    if dtype in (torch.float16, torch.bfloat16):
         stack.enter_context(torch.autocast(device.type, dtype=dtype))
     return stack
 
 
-def freeze(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Eval mode (BatchNorm statistics fixed), no gradients, on the device."""
-    return model.eval().requires_grad_(False).to(device)
+def freeze(model: torch.nn.Module, device: torch.device, dtype_name: str = "fp32") -> torch.nn.Module:
+    """Eval mode (BatchNorm statistics fixed), no gradients, on the device, in `weights_dtype(dtype_name)`."""
+    return model.eval().requires_grad_(False).to(device, weights_dtype(dtype_name))
 
 
 def check_kinds(backbone: str, kinds: Sequence[str], known: Sequence[str]) -> None:

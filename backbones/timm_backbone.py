@@ -26,8 +26,10 @@ from backbones.common import (
     load_strict,
     timm_weights_data_cfg,
     torch_dtype,
+    weights_dtype,
 )
 from harness.api import Backbone, Features
+from harness.numerics import seeded_init, to_float32
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,13 +55,12 @@ class TimmBackbone(Backbone):
         card_overlay = self.card.extra.get("pretrained_cfg_overlay", {})
         overlay = {**timm_weights_data_cfg(self.weights.path), **card_overlay}
         self.model_kwargs: dict[str, Any] = dict(self.card.extra.get("model_kwargs", {}))
-        with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-            torch.manual_seed(config.seed)
+        with seeded_init(config.seed, portable=self.weights.path is None):  # caller's RNG untouched
             model = timm.create_model(self.card.arch, pretrained=False, num_classes=0, **self.create_kwargs,
                                       pretrained_cfg_overlay=overlay or None, **self.model_kwargs)
         if self.weights.path is not None:
             self._load(model, self.weights.path)
-        self.model = freeze(model, self.device)
+        self.model = freeze(model, self.device, config.dtype)
         self.data_config: dict[str, Any] = dict(timm.data.resolve_model_data_config(model))
         self._transform = timm.data.create_transform(**self.data_config, is_training=False)
 
@@ -88,15 +89,15 @@ class TimmBackbone(Backbone):
         check_kinds(self.name, kinds, self.feature_kinds)
         self._check_batch(batch)
         with compute_context(self.device, self.config.dtype):
-            x = batch.to(self.device, non_blocking=True)
+            x = batch.to(self.device, weights_dtype(self.config.dtype), non_blocking=True)
             out = Features()
             if "dense" in kinds:
                 last, maps = self._forward_dense(x, with_last="global" in kinds)
-                out.dense = {name: m.float() for name, m in maps.items()}
+                out.dense = {name: to_float32(m) for name, m in maps.items()}
             else:
                 last = self.model.forward_features(x)
             if "global" in kinds:
-                out.global_ = self.model.forward_head(last, pre_logits=True).float()
+                out.global_ = to_float32(self.model.forward_head(last, pre_logits=True))
         return out
 
     def fingerprint(self) -> dict[str, Any]:

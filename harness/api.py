@@ -7,6 +7,7 @@ type hints.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,13 +196,49 @@ class ClassificationDataset(Dataset):
         return open_rgb(self.image_path(item), self.name)
 
 
+@dataclass(frozen=True)
+class ItemSE:
+    """A metric's item-level standard error (in its own units) and the number of test items it averages over.
+
+    The test items are a sample too: CI's regression gate (`harness compare`) reads this to tell a real drop
+    from what another draw of test items would give. `binomial` marks a proportion in % (accuracy): seeds
+    that share the test items are pooled as the binomial SE of the mean proportion, not by RMS.
+    """
+
+    se: float
+    n: int
+    binomial: bool = False
+
+    @classmethod
+    def of_proportion(cls, percent: float, n: int) -> ItemSE:
+        """Binomial SE of an accuracy in % over n independent test items: 100·sqrt(p(1-p)/n)."""
+        p = min(max(percent / 100.0, 0.0), 1.0)
+        return cls(100.0 * math.sqrt(p * (1.0 - p) / n), int(n), binomial=True)
+
+    @classmethod
+    def of_mean(cls, values: Sequence[float]) -> ItemSE | None:
+        """SE of a NaN-skipping mean of per-item values: std (ddof=1) / sqrt(n); None below two items."""
+        import numpy as np
+
+        v = np.asarray(values, dtype=np.float64)
+        v = v[~np.isnan(v)]
+        if len(v) < 2:
+            return None
+        return cls(float(v.std(ddof=1) / math.sqrt(len(v))), len(v))
+
+
 @dataclass
 class Result:
-    """What a job produces: scalar metrics, extra record fields and files to log as artifacts."""
+    """What a job produces: scalar metrics, extra record fields and files to log as artifacts.
+
+    `item_se` gives, per metric where it is defined, its item-level standard error (`ItemSE`); it goes to
+    the run record and MLflow, and from there to the leaderboard CSV that the regression gate reads.
+    """
 
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
+    item_se: dict[str, ItemSE] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[int, int], None]

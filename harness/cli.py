@@ -38,7 +38,7 @@ def run(
     variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
     weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    dtype: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | fp64 (default: the suite's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
     seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1,2,3")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
@@ -185,7 +185,7 @@ def profile_cmd(
     variant: Annotated[str | None, typer.Option(help="variant (default: the backbone's)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8,32",
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 | fp64")] = "fp32",
     repeats: Annotated[int, typer.Option(help="timed repeats (median and p90 reported)")] = 5,
     warmup: Annotated[int, typer.Option(help="untimed warm-up passes")] = 2,
     suite: Annotated[str, typer.Option(help="suite whose leaderboard is joined for accuracy")] = "mini",
@@ -222,14 +222,15 @@ def profile_cmd(
 def compare_cmd(
     current: Annotated[str, typer.Argument(help="leaderboard CSV or suite name")],
     baseline: Annotated[str, typer.Argument(help="leaderboard CSV or suite name")],
-    tolerance: Annotated[float, typer.Option(help="allowed drop, in the metric's units")] = 0.5,
+    tolerance: Annotated[float, typer.Option(help="floor: the smallest drop that counts, in the metric's units")] = 0.5,
+    z: Annotated[float, typer.Option("--z", help="a drop counts when larger than z × its noise (seed, items)")] = 2.0,
 ) -> None:
-    """Exit non-zero when CURRENT regressed beyond the tolerance against BASELINE, or lost a row."""
+    """Exit non-zero when a row of CURRENT dropped beyond max(tolerance, z·noise) against BASELINE, or was lost."""
     import pandas as pd
 
     from harness.compare import compare, read_leaderboard
 
-    result = compare(read_leaderboard(current), read_leaderboard(baseline), tolerance)
+    result = compare(read_leaderboard(current), read_leaderboard(baseline), tolerance, z)
     for title, frame in (("regressed", result.regressed), ("missing", result.missing),
                          ("improved", result.improved), ("new", result.new)):
         if frame.empty:
@@ -237,12 +238,13 @@ def compare_cmd(
         out.print(f"[bold]{title}[/bold] ({len(frame)}):")
         for _, r in frame.iterrows():
             delta = "" if pd.isna(r["delta"]) else f"  Δ {r['delta']:+.2f}"
+            why = f"  {r['reason']}" if isinstance(r.get("reason"), str) and r["reason"] else ""
             out.print(f"  {r['backbone']} {r['task']}.v{r['task_version']}/{r['dataset']} [{r['setting']}] "
-                      f"{r['metric']}: {r['mean_baseline']:.2f} → {r['mean_current']:.2f}{delta}",
-                      highlight=False, markup=False)  # "[head=...]" is not rich markup
-    out.print(f"{len(result.unchanged)} unchanged within ±{tolerance}")
+                      f"{r['metric']}: {r['mean_baseline']:.2f} → {r['mean_current']:.2f}{delta}{why}",
+                      highlight=False, markup=False, soft_wrap=True)  # "[head=...]" is not rich markup
+    out.print(f"{len(result.unchanged)} unchanged within max(±{tolerance:g}, {z:g}·noise)", highlight=False)
     if not result.ok:
-        raise HarnessError(f"{len(result.regressed)} regression(s) beyond {tolerance} and "
+        raise HarnessError(f"{len(result.regressed)} regression(s) beyond max({tolerance:g}, {z:g}·noise) and "
                            f"{len(result.missing)} missing row(s) against {baseline}")
 
 
@@ -380,7 +382,7 @@ def extract_cmd(
     variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
     weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    dtype: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | fp64 (default: the suite's)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="backbone feature option: KEY=VALUE (t=50)")] = None,
     threads: Annotated[int | None, typer.Option(

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 from harness.api import StrictModel
 from harness.errors import ConfigError
 
-Dtype = Literal["fp32", "fp16", "bf16"]
+Dtype = Literal["fp32", "fp16", "bf16", "fp64"]
 
 
 class BackboneConfig(StrictModel):
@@ -56,6 +56,9 @@ class SuiteSpec(StrictModel):
     description: str = ""
     variant: str | None = None  # backbone variant used unless --variant says otherwise
     device: str = "cpu"
+    # Compute precision of every backbone (and of heads and the text space when `fp64`) unless --dtype says
+    # otherwise: `fp64` makes the suite's numbers the same on every CPU and thread count (harness.numerics).
+    dtype: Dtype = "fp32"
     batch_size: int = Field(32, ge=1)
     # Backbone feature options for every backbone of the suite, and a grid over them (a Vermouth
     # timestep x UNet-stage sweep is one suite): each grid point is its own backbone config and row.
@@ -72,7 +75,7 @@ class RunConfig(StrictModel):
     variant: str | None = None
     weights: str | None = None
     device: str | None = None
-    dtype: Dtype = "fp32"
+    dtype: Dtype | None = None  # None: the suite's
     batch_size: int | None = None
     seeds: list[int] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ tracker is unreachable the run goes on: records are kept, the jobs are marked pe
 from __future__ import annotations
 
 import abc
+import math
 import resource
 import shutil
 import sys
@@ -94,6 +95,8 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         "protocol": job.protocol,
         "column": job.column,
         "metrics": result.metrics,
+        "item_se": {m: {"se": float(v.se), "n": int(v.n), "binomial": bool(v.binomial)}
+                    for m, v in result.item_se.items() if math.isfinite(v.se)},
         "details": result.details,
         "timings": {"total_s": round(elapsed, 3)},
         "counters": ctx.counters,

@@ -11,6 +11,7 @@ not larger than the seed spread.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from harness.stats import ALPHA, compare_with_best
-from harness.tracking import Tracker
+from harness.tracking import N_ITEMS, SE_BINOMIAL, SE_ITEMS, Tracker
 
 LONG_COLUMNS = ["backbone", "task", "task_version", "dataset", "setting", "metric", "mean", "std", "n"]
+# Appended for the regression gate (`harness.compare`): test items per seed, the item SE of the row's mean,
+# and the per-seed values (`1:48.6111;2:47.2222`) for pairing seeds. Blank where unknown / for averages.
+ITEM_COLUMNS = ["n_items", "se_items", "seed_values"]
+CSV_COLUMNS = LONG_COLUMNS + ITEM_COLUMNS
 KEYS = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
 OPTION_PREFIX = "params.backbone.options."
 LOWER_IS_BETTER = re.compile(r"(loss|error|err$|latency|time|_ms$|_s$)")
@@ -62,13 +67,24 @@ def _option(value) -> str | None:
     return text
 
 
+def _item_se(run: pd.Series, metric: str) -> tuple[float, float, bool]:
+    """(item SE, test items, binomial?) of one metric of a run, from `harness.tracking`'s metric names;
+    NaN where the run does not carry them (older runs, tasks without an item SE)."""
+    def number(name: str) -> float:
+        value = run.get(f"metrics.{metric}.{name}")
+        return float("nan") if value is None or pd.isna(value) else float(value)
+
+    binomial = not math.isnan(number(SE_BINOMIAL))
+    return number(SE_BINOMIAL if binomial else SE_ITEMS), number(N_ITEMS), binomial
+
+
 def runs_to_values(runs: pd.DataFrame) -> pd.DataFrame:
     """MLflow's runs frame → one row per run and reported metric: the key columns, seed, value and provenance.
 
     This is the per-seed side frame the significance tests need; `runs_to_long` aggregates it.
     """
-    columns = [*KEYS, "seed", "value", "primary", "backbone_name", "variant", "weights_kind",
-               "weights_fingerprint", "git_commit", "harness_version"]
+    columns = [*KEYS, "seed", "value", "primary", "se_item", "n_items", "binomial", "backbone_name", "variant",
+               "weights_kind", "weights_fingerprint", "git_commit", "harness_version"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
     runs = runs.drop_duplicates(subset="tags.harness.job_key", keep="first")  # newest first from MLflow
@@ -97,18 +113,47 @@ def runs_to_values(runs: pd.DataFrame) -> pd.DataFrame:
             value = run.get(f"metrics.{metric}")
             if value is None or pd.isna(value):
                 continue
-            rows.append({**base, "metric": metric, "value": float(value), "primary": metric == primary})
+            se, n_items, binomial = _item_se(run, metric)
+            rows.append({**base, "metric": metric, "value": float(value), "primary": metric == primary,
+                         "se_item": se, "n_items": n_items, "binomial": binomial})
     if not rows:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(rows)
 
 
+def item_summary(group: pd.DataFrame, mean: float) -> dict:
+    """The CSV's item columns for one row's per-seed values (see ITEM_COLUMNS).
+
+    Every seed is scored on the same test items, so seeds do not shrink the item SE: a proportion uses the
+    binomial SE at the mean p with n_items, anything else the root-mean-square of the per-seed SEs.
+    """
+    n_items = group["n_items"].dropna().min() if "n_items" in group else float("nan")
+    se = group["se_item"].dropna() if "se_item" in group else pd.Series(dtype=float)
+    if "binomial" in group and group["binomial"].fillna(False).astype(bool).any() and not pd.isna(n_items):
+        p = min(max(mean / 100.0, 0.0), 1.0)
+        se_items = 100.0 * math.sqrt(p * (1.0 - p) / n_items)
+    else:
+        se_items = float(math.sqrt((se**2).mean())) if len(se) else float("nan")
+    seeded = group.dropna(subset=["seed"]).drop_duplicates("seed")
+    pairs = sorted(zip(seeded["seed"].astype(str), seeded["value"], strict=True), key=lambda sv: natural_key(sv[0]))
+    return {"n_items": None if pd.isna(n_items) else int(n_items), "se_items": se_items,
+            "seed_values": ";".join(f"{seed}:{value:.4f}" for seed, value in pairs) or None}
+
+
 def values_to_long(values: pd.DataFrame) -> pd.DataFrame:
     if values.empty:
-        return pd.DataFrame(columns=LONG_COLUMNS)
-    grouped = values.groupby(KEYS, sort=True)["value"]
-    out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=0)), n="count").reset_index()
-    return add_dataset_averages(out[LONG_COLUMNS])
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    rows = []
+    for key, group in values.groupby(KEYS, sort=True):
+        mean = float(group["value"].mean())
+        rows.append({**dict(zip(KEYS, key, strict=True)), "mean": mean, "std": float(group["value"].std(ddof=0)),
+                     "n": len(group), **item_summary(group, mean)})
+    return add_dataset_averages(_typed(pd.DataFrame(rows, columns=CSV_COLUMNS)))
+
+
+def _typed(long: pd.DataFrame) -> pd.DataFrame:
+    """n_items as a nullable integer, so the CSV reads `120` (blank where unknown), not `120.0000`."""
+    return long.assign(n_items=pd.array(long["n_items"], dtype="Int64"), se_items=long["se_items"].astype(float))
 
 
 def runs_to_long(runs: pd.DataFrame) -> pd.DataFrame:
@@ -134,8 +179,11 @@ def add_dataset_averages(long: pd.DataFrame) -> pd.DataFrame:
             if set(sub["dataset"]) == datasets:
                 rows.append({**dict(zip(keys, key, strict=True)), "backbone": backbone,
                              "dataset": f"average of {len(datasets)}", "mean": sub["mean"].mean(),
-                             "std": float("nan"), "n": int(sub["n"].min())})
-    return pd.concat([long, pd.DataFrame(rows, columns=LONG_COLUMNS)], ignore_index=True) if rows else long
+                             "std": float("nan"), "n": int(sub["n"].min())})  # item columns: blank
+    if not rows:
+        return long
+    out = pd.concat([long, pd.DataFrame(rows, columns=list(long.columns))], ignore_index=True)
+    return _typed(out) if "n_items" in out else out
 
 
 def significance(values: pd.DataFrame, long: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
@@ -262,7 +310,7 @@ def provenance(runs: pd.DataFrame, values: pd.DataFrame, now: dt.datetime | None
 @dataclass
 class Leaderboard:
     suite: str
-    long: pd.DataFrame  # the CSV: LONG_COLUMNS
+    long: pd.DataFrame  # the CSV: CSV_COLUMNS
     values: pd.DataFrame  # per run and metric (seeds kept)
     marks: pd.DataFrame  # best / tied per cell
     provenance: Provenance

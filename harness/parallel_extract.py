@@ -372,7 +372,7 @@ def suite_for_dataset(dataset_name: str) -> str:
 
 
 def backbone_configs(backbones: list[str], suite: str, variant: str | None = None, weights: str | None = None,
-                     device: str | None = None, dtype: str = "fp32", batch_size: int | None = None,
+                     device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
                      options: dict[str, Any] | None = None) -> list[BackboneConfig]:
     """Exactly the configs `harness run --suite SUITE` builds with the same flags (planner.backbone_config),
     one per backbone and backbone-grid point, so the cache namespaces are the ones the run will read."""

@@ -88,7 +88,7 @@ def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, options: dict[s
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
     cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
-                         dtype=run.dtype, batch_size=run.batch_size or suite.batch_size,
+                         dtype=run.dtype or suite.dtype, batch_size=run.batch_size or suite.batch_size,
                          options=run.backbone_options if options is None else options)
     cls.validate_options(cfg)
     return cfg

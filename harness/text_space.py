@@ -20,12 +20,12 @@ from harness.paths import cache_root
 
 
 class TextSpace:
-    def __init__(self, spec: str, device: str = "cpu"):
+    def __init__(self, spec: str, device: str = "cpu", dtype: str = "fp32"):
         name, sep, variant = spec.partition(":")
         if not sep or not name or not variant:
             raise ConfigError(f"text_space must look like '<backbone>:<variant>' (e.g. clip:vit-l-14), got '{spec}'")
         self.spec = spec
-        self.encoder = BACKBONES.get(name)(BackboneConfig(name=name, variant=variant, device=device))
+        self.encoder = BACKBONES.get(name)(BackboneConfig(name=name, variant=variant, device=device, dtype=dtype))
         if not hasattr(self.encoder, "prompt_embeddings"):
             raise ConfigError(f"text_space '{spec}': backbone '{name}' has no text tower")
         self.fingerprint = sha256_text(canonical_json(self.encoder.fingerprint()))
@@ -55,6 +55,6 @@ class TextSpace:
 
 
 @functools.cache
-def text_space(spec: str, device: str = "cpu") -> TextSpace:
-    """One text tower per process and spec."""
-    return TextSpace(spec, device)
+def text_space(spec: str, device: str = "cpu", dtype: str = "fp32") -> TextSpace:
+    """One text tower per process, spec and precision (`fp64` for `fp64` jobs: `harness.numerics.text_precision`)."""
+    return TextSpace(spec, device, dtype)

@@ -217,7 +217,8 @@ class Tracker:
             run_id = run.info.run_id
             stamp = int(run.info.start_time or 0)
             p = [Param(k, v) for k, v in params.items()]
-            m = [Metric(k, float(v), stamp, 0) for k, v in record["metrics"].items()]
+            metrics = {**record["metrics"], **item_se_metrics(record)}
+            m = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
             for i in range(0, max(len(p), len(m), 1), 100):
                 self.client.log_batch(run_id, metrics=m[i:i + 100], params=p[i:i + 100])
             self.client.log_dict(run_id, record, "record.json")
@@ -286,6 +287,21 @@ def job_tags(record: dict[str, Any], suite: str | None = None) -> dict[str, str]
     }
 
 
+# Item-level uncertainty rides along as extra MLflow metrics named after the metric (never a leaderboard row:
+# the leaderboard reads only the reported metrics): `<m>.se_items` (or `<m>.se_binomial` for a proportion,
+# pooled over seeds as a binomial) and `<m>.n_items`. Runs without them (older ones) mean "unknown".
+SE_ITEMS, SE_BINOMIAL, N_ITEMS = "se_items", "se_binomial", "n_items"
+
+
+def item_se_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The record's `item_se` as MLflow metrics (empty for records written before it existed)."""
+    out: dict[str, float] = {}
+    for metric, v in (record.get("item_se") or {}).items():
+        out[f"{metric}.{SE_BINOMIAL if v.get('binomial') else SE_ITEMS}"] = float(v["se"])
+        out[f"{metric}.{N_ITEMS}"] = float(v["n"])
+    return out
+
+
 def job_params(record: dict[str, Any]) -> dict[str, str]:
     """The params of a job run (flattened, as strings, as MLflow stores them)."""
     params = flatten({"backbone": record["backbone"], "protocol": record["protocol"],
@@ -308,7 +324,7 @@ def runs_from_records(suite: str, root: Path | None = None):  # -> pandas.DataFr
             continue
         row = {f"tags.{k}": v for k, v in job_tags(record).items()}
         row.update({f"params.{k}": v for k, v in job_params(record).items()})
-        row.update({f"metrics.{k}": float(v) for k, v in record["metrics"].items()})
+        row.update({f"metrics.{k}": float(v) for k, v in {**record["metrics"], **item_se_metrics(record)}.items()})
         row["run_id"] = ""
         row["end_time"] = record.get("finished_at")
         rows.append(row)

@@ -128,11 +128,21 @@ def _resolve_hub(spec: str, filenames: Sequence[str]) -> ResolvedWeights:
     return ResolvedWeights("hub", spec, weights, f"{repo_id}@{snapshot.name}")
 
 
+# A random init is named by its seed and by how it draws: v2 samples in float64 (harness.numerics.seeded_init),
+# so a cache or finished job of a v1 (float32, CPU-dependent) init is never taken for it.
+RANDOM_INIT_VERSION = 2
+
+
+def random_fingerprint(seed: int) -> str:
+    """The weights id of a seeded random init, e.g. `random(seed=0,init=v2)`."""
+    return f"random(seed={seed},init=v{RANDOM_INIT_VERSION})"
+
+
 def resolve_weights(spec: str, *, seed: int = 0,
                     filenames: Sequence[str] = DEFAULT_FILENAMES) -> ResolvedWeights:
     """Resolve a weights spec to a file and fingerprint; raise WeightsMissingError if it is not present."""
     if spec == "random":
-        return ResolvedWeights("random", spec, None, f"random(seed={seed})")
+        return ResolvedWeights("random", spec, None, random_fingerprint(seed))
     local = Path(spec).expanduser()
     if local.is_file():
         return ResolvedWeights("file", spec, local, f"sha256:{file_sha256(local)}")
@@ -186,7 +196,7 @@ def resolve_model_folder(spec: str, *, seed: int = 0, required: Sequence[str] = 
     its commit instead); `allow_patterns` limit a download (default: `include`).
     """
     if spec == "random":
-        return ResolvedWeights("random", spec, None, f"random(seed={seed})")
+        return ResolvedWeights("random", spec, None, random_fingerprint(seed))
 
     def check(folder: Path) -> str | None:
         missing = [r for r in required if not (folder / r).exists()]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.numerics import seeded_init
+
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
 
@@ -24,22 +26,36 @@ def take(inputs: Inputs, index: torch.Tensor) -> Inputs:
     return inputs[index]
 
 
+def cast(inputs: Inputs, dtype: torch.dtype) -> Inputs:
+    """A feature tensor, or every map of a dense dict, in `dtype` (frozen features are stored as float32)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(dtype) for k, v in inputs.items()}
+    return inputs.to(dtype)
+
+
 def num_rows(inputs: Inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
 
 class CosineTextClassifier(nn.Module):
-    """`embed(inputs)` → text space; logits = cos(embedding, class text embedding) / temperature."""
+    """`embed(inputs)` → text space; logits = cos(embedding, class text embedding) / temperature.
+
+    Everything runs in the dtype the module was cast to (float32, or float64 for `fp64` jobs): inputs are cast
+    on the way in, and the class embeddings are normalised in that dtype, not before.
+    """
 
     def __init__(self, embed: nn.Module, class_embeddings: torch.Tensor, temperature: float):
         super().__init__()
         self.embed = embed
-        self.register_buffer("classes", F.normalize(class_embeddings.float(), dim=-1))
+        self.register_buffer("classes", class_embeddings.float())
         self.temperature = temperature
 
+    def embedding(self, inputs: Inputs) -> torch.Tensor:
+        """L2-normalised embeddings of `inputs` in the module's dtype."""
+        return F.normalize(self.embed(cast(inputs, self.classes.dtype)), dim=-1)
+
     def forward(self, inputs: Inputs) -> torch.Tensor:
-        z = F.normalize(self.embed(inputs).float(), dim=-1)
-        return z @ self.classes.T / self.temperature
+        return self.embedding(inputs) @ F.normalize(self.classes, dim=-1).T / self.temperature
 
 
 def build_embedder(neck: nn.Module | None, sample: Inputs, text_dim: int) -> nn.Module:
@@ -60,15 +76,16 @@ class TrainSettings:
     temperature: float
     grad_clip: float
     seed: int
+    dtype: torch.dtype = torch.float32  # float64 for `fp64` jobs (harness.numerics.head_dtype)
 
 
 def train_text_classifier(inputs: Inputs, labels: torch.Tensor, class_embeddings: torch.Tensor,
                           neck: nn.Module | None, settings: TrainSettings) -> tuple[CosineTextClassifier, list[float]]:
     """Train with a seeded init and a seeded shuffle; returns the model and the mean loss per epoch."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+    with seeded_init(settings.seed):
         model = CosineTextClassifier(build_embedder(neck, inputs, class_embeddings.shape[1]),
                                      class_embeddings, settings.temperature)
+    model = model.to(settings.dtype)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
                             weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)

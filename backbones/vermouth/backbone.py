@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backbones.common import check_kinds, compute_context, freeze, torch_dtype
+from backbones.common import check_kinds, compute_context, freeze, torch_dtype, weights_dtype
 from backbones.vermouth.cards import VERMOUTH
 from backbones.vermouth.components import (
     SDParts,
@@ -36,13 +36,14 @@ from backbones.vermouth.uhead import DenseUHead, UHead
 from harness.api import Backbone, Features
 from harness.cache import FeatureCache
 from harness.catalog import register_backbone
+from harness.numerics import seeded_init, to_float32
 from harness.paths import cache_root
 from harness.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
 
-FEATURE_VERSION = 1  # bump when the extraction changes numerically: it is part of the fingerprint
+FEATURE_VERSION = 2  # bump when the extraction changes numerically (2: ε drawn in float64); part of the fingerprint
 LATENT_VERSION = 1  # bump when the VAE encoding changes numerically: it names the latent cache namespace
 
 
@@ -93,7 +94,7 @@ class VermouthBackbone(Backbone):
         else:
             parts = load_sd(self.weights.path)
         for module in parts.modules().values():
-            freeze(module, self.device)
+            freeze(module, self.device, config.dtype)
         self.parts: SDParts = parts
         self.diffusion = DiffusionFeatures(parts.unet, parts.vae, parts.scheduler, t=opts.t, noise=opts.noise,
                                            stages=opts.stages, seed=config.seed,
@@ -108,7 +109,7 @@ class VermouthBackbone(Backbone):
         self.expert: ExpertTrunk | None = None
         if opts.expert != "none":
             self.expert = ExpertTrunk(opts.expert, opts.experts[opts.expert], seed=config.seed, device=self.device,
-                                      levels=opts.stages)
+                                      levels=opts.stages, dtype=config.dtype)
         # VAE latents depend on the pipeline weights, the dtype and the preprocessed pixels only, not on t,
         # noise, stages or prompt: a sweep over those encodes each image once. `None` turns it off (profiling).
         self.latent_cache: FeatureCache | None = FeatureCache(
@@ -204,16 +205,19 @@ class VermouthBackbone(Backbone):
             levels = self.diffusion.levels_from_latents(self._latents(x, identities), context, identities)
             out = Features()
             if "global" in kinds:
-                out.global_ = torch.cat([v.float().mean(dim=(2, 3)) for v in levels.values()], dim=1).cpu()
+                # Pooled in the compute precision (at least fp32), then cast: a float32 mean of fp64 maps would
+                # reintroduce the vector kernels' summation order that fp64 is there to round away.
+                out.global_ = to_float32(torch.cat([v.to(torch.promote_types(v.dtype, torch.float32)).mean(dim=(2, 3))
+                                                    for v in levels.values()], dim=1)).cpu()
             if "dense" in kinds:
                 dense = dict(levels)
                 if self.expert is not None:
                     dense.update(self.expert(x, {k: tuple(v.shape[-2:]) for k, v in levels.items()}))
-                out.dense = {k: v.float().cpu() for k, v in dense.items()}
+                out.dense = {k: to_float32(v).cpu() for k, v in dense.items()}
         return out
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True)
+        x = batch.to(self.device, weights_dtype(self.config.dtype), non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _latents(self, x: torch.Tensor, identities: Sequence[str]) -> torch.Tensor:
@@ -275,7 +279,7 @@ class VermouthBackbone(Backbone):
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """The SD text encoder's pooled EOT state (CLIP-L's unprojected output for SD 1.x), [N, D] fp32."""
         with compute_context(self.device, self.config.dtype):
-            return self.text.pooled(list(texts)).float().cpu()
+            return to_float32(self.text.pooled(list(texts))).cpu()
 
     # -- trainable neck ------------------------------------------------------------------------------------
     def dense_channels(self) -> dict[str, int]:
@@ -299,10 +303,10 @@ class VermouthBackbone(Backbone):
     def _seeded_neck(self, seed: int | None, make_head: Any) -> VermouthNeck:
         """`make_head(level_in)` wrapped with the stages and adapters, initialised under `seed` (default: the
         config's) without disturbing the caller's RNG."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed if seed is None else seed)
+        with seeded_init(self.config.seed if seed is None else seed):
             level_in, fusion = self._fusion()
-            return VermouthNeck(self.options.stages, make_head(level_in), fusion)
+            neck = VermouthNeck(self.options.stages, make_head(level_in), fusion)
+        return neck.float()
 
     def neck(self, seed: int | None = None) -> VermouthNeck:
         """A fresh U-head (+ adapters): dense dict → L2-normalised [B, embed_dim]; seeded init."""

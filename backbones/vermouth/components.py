@@ -17,6 +17,7 @@ import torch
 from backbones.vermouth.configs import BLIP_CHARS, BLIP_WORDS, COMPONENT_CONFIGS
 from harness.errors import HarnessError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
+from harness.numerics import seeded_init
 from harness.weights import ResolvedWeights, resolve_model_folder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,12 +154,11 @@ def build_sd(arch: str, seed: int) -> SDParts:
     cfg = COMPONENT_CONFIGS[arch]
     tokenizer = char_clip_tokenizer(**cfg["tokenizer"])
     text_cfg = {"vocab_size": len(tokenizer), **cfg["text_encoder"]}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         unet = UNet2DConditionModel(**cfg["unet"])
         vae = AutoencoderKL(**cfg["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    return SDParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+    return SDParts(unet=unet.float(), vae=vae.float(), text_encoder=text_encoder.float(), tokenizer=tokenizer,
                    scheduler=DDPMScheduler(**cfg["scheduler"]))
 
 
@@ -189,7 +189,6 @@ def build_blip(arch: str, seed: int) -> tuple[BlipForConditionalGeneration, Blip
     blip_cfg = BlipConfig(vision_config={**cfg["blip"]["vision_config"], "image_size": size},
                           text_config=text_cfg,
                           **{k: v for k, v in cfg["blip"].items() if k not in ("vision_config", "text_config")})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         model = BlipForConditionalGeneration(blip_cfg)
-    return model, processor
+    return model.float(), processor

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from backbones.vermouth.cards import LEVELS
 from harness.errors import ConfigError
+from harness.numerics import portable_randn
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -47,7 +48,7 @@ def noise_seed(identity: str, seed: int) -> int:
 
 def image_noise(identities: Sequence[str], seed: int, shape: Sequence[int]) -> torch.Tensor:
     """ε for each image, [B, *shape], fp32 on the CPU (the same numbers on every device)."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(noise_seed(i, seed)))
+    return torch.stack([portable_randn(tuple(shape), torch.Generator().manual_seed(noise_seed(i, seed)))
                         for i in identities])
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from backbones.common import freeze
 from backbones.vermouth.options import ExpertSpec
 from harness.errors import HarnessError
+from harness.numerics import seeded_init
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 # Dense key → (timm intermediate index, level it joins), per expert kind.
@@ -36,7 +37,7 @@ class ExpertTrunk:
     """A frozen timm trunk → {tap key: [B, C, h, w]} resized to the sizes of the levels they join."""
 
     def __init__(self, kind: str, spec: ExpertSpec, *, seed: int, device: torch.device,
-                 levels: tuple[str, ...]):
+                 levels: tuple[str, ...], dtype: str = "fp32"):
         if kind not in EXPERT_TAPS:
             raise HarnessError(f"unknown expert '{kind}'; known: {', '.join(EXPERT_TAPS)}")
         self.kind, self.spec = kind, spec
@@ -45,8 +46,7 @@ class ExpertTrunk:
         kwargs: dict[str, Any] = dict(spec.kwargs)
         if kind == "dinov2":
             kwargs.setdefault("dynamic_img_size", True)  # pretrained 518-px position grid, run at input_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_init(seed, portable=self.weights.path is None):
             model = timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
         if self.weights.path is not None:
             state = {k: v for k, v in load_state_dict(self.weights.path).items() if not k.startswith(("fc.", "head."))}
@@ -54,7 +54,7 @@ class ExpertTrunk:
             if result.missing_keys:
                 raise HarnessError(f"expert weights {self.weights.path} do not fit {spec.arch}: missing "
                                    f"{result.missing_keys[:5]}")
-        self.model = freeze(model, device)
+        self.model = freeze(model, device, dtype)
         cfg = timm.data.resolve_model_data_config(model)
         self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)

@@ -10,15 +10,16 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext, Result, StrictModel, Task
+from harness.api import Backbone, ClassificationDataset, ImageItem, ItemSE, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
 from harness.features import dense_features, global_features
+from harness.numerics import head_dtype, text_precision
 from harness.paths import harness_home
 from tasks.fsc.linear_probe import l2_normalise, search_c
 from tasks.fsc.sampling import load_or_create_fewshot
 
 COARSE_C_GRID = [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6]  # CoOp lpclip's grid
-LINEAR_PROBE_KEYS = {"c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000}
+LINEAR_PROBE_KEYS = {"c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000, "tol": 1e-4}
 TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "epochs": 100, "train_batch_size": 64, "lr": 1e-4,
                         "weight_decay": 5e-4, "temperature": 0.2, "grad_clip": 1.0}
 
@@ -33,6 +34,7 @@ class FSCProtocol(StrictModel):
     c_grid: list[float] | None = Field(None, min_length=1)
     c_search_steps: int | None = Field(None, ge=0)
     max_iter: int | None = Field(None, ge=1)
+    tol: float | None = Field(None, gt=0, description="L-BFGS stopping tolerance (sklearn/lpclip: 1e-4)")
     # text-classifier (Vermouth): neck or linear projection → cosine vs text embeddings, CE(cos / T)
     text_space: str | None = None
     epochs: int | None = Field(None, ge=1)
@@ -80,17 +82,21 @@ class FewShotClassification(Task):
         details.update({"head": protocol.head, "n_train": len(parts["train"]), "n_val": len(parts["val"]),
                         "n_test": len(parts["test"]), "n_classes": len(dataset.classnames()),
                         "support_paths": [it.path for it in parts["train"]], "fewshot_info": fewshot.get("info", {})})
-        return Result(metrics=metrics, details=details)
+        # top1 is a proportion over the test images (the same images for every seed): binomial item SE.
+        return Result(metrics=metrics, details=details,
+                      item_se={"top1": ItemSE.of_proportion(metrics["top1"], len(parts["test"]))})
 
     @staticmethod
     def _linear_probe(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
         feats = {k: l2_normalise(global_features(backbone, dataset, items, ctx)) for k, items in parts.items()}
         y = {k: labels_of(items) for k, items in parts.items()}
         probe = search_c(feats["train"], y["train"], feats["val"], y["val"], protocol.c_grid,
-                         protocol.c_search_steps, protocol.max_iter)
+                         protocol.c_search_steps, protocol.max_iter, protocol.tol)
         top1 = float((probe.model.predict(feats["test"]) == y["test"]).mean() * 100)
         return ({"top1": top1, "val_top1": probe.val_accuracy * 100},
-                {"c": probe.c, "feature_dim": int(feats["train"].shape[1])})
+                {"c": probe.c, "feature_dim": int(feats["train"].shape[1]),
+                 "lbfgs_iterations": int(np.max(probe.model.n_iter_)),  # = max_iter: stopped, not converged
+                 "converged": bool(np.max(probe.model.n_iter_) < protocol.max_iter)})
 
     @staticmethod
     def _text_classifier(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
@@ -99,7 +105,7 @@ class FewShotClassification(Task):
         from harness.text_space import text_space
         from tasks.text_head import TrainSettings, predict, train_text_classifier
 
-        space = text_space(protocol.text_space)
+        space = text_space(protocol.text_space, dtype=text_precision(backbone))
         classes = space.class_embeddings(dataset.classnames(), getattr(dataset, "templates", ("a photo of a {}.",)))
         neck = backbone.neck()
         if neck is not None:
@@ -109,7 +115,7 @@ class FewShotClassification(Task):
         y = {k: torch.from_numpy(labels_of(items)) for k, items in parts.items()}
         settings = TrainSettings(epochs=protocol.epochs, batch_size=protocol.train_batch_size, lr=protocol.lr,
                                  weight_decay=protocol.weight_decay, temperature=protocol.temperature,
-                                 grad_clip=protocol.grad_clip, seed=protocol.seed)
+                                 grad_clip=protocol.grad_clip, seed=protocol.seed, dtype=head_dtype(backbone))
         model, losses = train_text_classifier(inputs["train"], y["train"], classes, neck, settings)
         acc = {k: float((predict(model, inputs[k]) == y[k]).float().mean() * 100) for k in ("val", "test")}
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -74,8 +74,10 @@ class OVSSHead(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(INIT_LOGIT_SCALE)))
 
     def embed(self, dense: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        # Frozen features come from inference mode; a clone outside it can be saved for backward.
-        feats = {k: (v.clone() if v.is_inference() else v) for k, v in dense.items()}
+        # Frozen features come from inference mode (a clone outside it can be saved for backward) and are
+        # stored as float32: they run in the head's own dtype (float64 for `fp64` jobs).
+        dtype = self.log_scale.dtype
+        feats = {k: (v.clone() if v.is_inference() else v).to(dtype) for k, v in dense.items()}
         pixels = self.embedder(feats)
         if self.adapter is not None:
             pixels = self.adapter(pixels)
@@ -88,4 +90,4 @@ class OVSSHead(nn.Module):
     def forward(self, dense: Mapping[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """[B, K, h, w] logits: scale × cos(pixel embedding, class text embedding [K, D])."""
         pixels = self.embed(dense)
-        return self.logit_scale * torch.einsum("bdhw,kd->bkhw", pixels, F.normalize(text, dim=1))
+        return self.logit_scale * torch.einsum("bdhw,kd->bkhw", pixels, F.normalize(text.to(pixels.dtype), dim=1))

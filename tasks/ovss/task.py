@@ -22,6 +22,7 @@ from harness.api import Backbone, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_bytes, canonical_json, sha256_text
+from harness.numerics import head_dtype, seeded_init, text_precision
 from harness.paths import harness_home
 
 # Harness choice (the method's 14 templates are not in the release): a short scene-style ensemble.
@@ -169,13 +170,14 @@ def view_plan(n_images: int, protocol: OVSSProtocol) -> Iterator[list[tuple[int,
 # -- text --------------------------------------------------------------------------------------------
 
 
-def class_text(space, synonyms: list[list[str]], templates: list[str]):
-    """[K, D]: per class, the L2-normalised mean of its synonyms' template-averaged embeddings."""
+def class_text(space, synonyms: list[list[str]], templates: list[str], dtype=None):
+    """[K, D]: per class, the L2-normalised mean of its synonyms' template-averaged embeddings, computed in
+    `dtype` (the head's; default float32)."""
     import torch
     import torch.nn.functional as F
 
     flat = [s for syns in synonyms for s in syns]
-    emb = space.class_embeddings(flat, templates)
+    emb = space.class_embeddings(flat, templates).to(dtype or torch.float32)
     out, start = [], 0
     for syns in synonyms:
         out.append(emb[start:start + len(syns)].mean(dim=0))
@@ -213,11 +215,11 @@ class OpenVocabSegmentation(Task):
         train_ds = open_dataset(protocol.train_dataset)
         if not isinstance(train_ds, SegmentationDataset):
             raise ConfigError(f"ovss train_dataset '{protocol.train_dataset}' is not a segmentation dataset")
-        space = text_space(protocol.text_space)
+        space = text_space(protocol.text_space, dtype=text_precision(backbone))
         norm = Normaliser(backbone)
         head, info = load_or_train_head(backbone, train_ds, space, protocol, norm, ctx)
         head.eval()
-        text = class_text(space, dataset.synonyms(), protocol.templates).to(head_device(backbone))
+        text = class_text(space, dataset.synonyms(), protocol.templates, head_dtype(backbone)).to(head_device(backbone))
         start = time.perf_counter()
         with torch.no_grad():
             metrics, cm, samples, counts = score(head, backbone, dataset, text, protocol, norm, ctx)
@@ -274,18 +276,19 @@ def build_head(backbone: Backbone, protocol: OVSSProtocol, text_dim: int, norm: 
 
     blank = norm(torch.full((1, 3, protocol.crop_size, protocol.crop_size), 0.5))
     dense = dense_of(backbone, blank)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(protocol.seed)
-        if hasattr(backbone, "dense_neck"):
-            neck = backbone.dense_neck(seed=protocol.seed)
-            neck.eval()
-            with torch.no_grad():
-                width = int(neck({k: v.clone() for k, v in dense.items()}).shape[1])
+    dtype = head_dtype(backbone)
+    if hasattr(backbone, "dense_neck"):
+        neck = backbone.dense_neck(seed=protocol.seed)
+        neck.eval()
+        with torch.no_grad():
+            width = int(neck({k: v.clone() for k, v in dense.items()}).shape[1])
+        with seeded_init(protocol.seed):
             adapter = torch.nn.Conv2d(width, text_dim, 1) if width != text_dim else None
-            return OVSSHead(neck, adapter), {"uses_dense_neck": True, "neck_dim": width}
-        spec = level_spec(dense)
+        return OVSSHead(neck, adapter).to(dtype), {"uses_dense_neck": True, "neck_dim": width}
+    spec = level_spec(dense)
+    with seeded_init(protocol.seed):
         embedder = FPNTextHead(spec, protocol.head_channels, protocol.head_groups, text_dim)
-        return OVSSHead(embedder), {"uses_dense_neck": False, "levels": spec}
+    return OVSSHead(embedder).to(dtype), {"uses_dense_neck": False, "levels": spec}
 
 
 def head_key(backbone: Backbone, train_ds, space, protocol: OVSSProtocol, head) -> str:
@@ -302,7 +305,7 @@ def load_or_train_head(backbone: Backbone, train_ds, space, protocol: OVSSProtoc
     trained and saved there atomically. A corrupt or mismatching file is retrained, never used."""
     import torch
 
-    train_text = class_text(space, train_ds.synonyms(), protocol.templates)
+    train_text = class_text(space, train_ds.synonyms(), protocol.templates, head_dtype(backbone))
     head, arch = build_head(backbone, protocol, int(train_text.shape[1]), norm)
     key = head_key(backbone, train_ds, space, protocol, head)
     path = harness_home() / "heads" / f"{key}.pt"

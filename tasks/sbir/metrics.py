@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from harness.api import ItemSE
+
 TOPK = 200  # the K of mAP@K
 PRECISION_KS = (100, 200)
 CHUNK_ELEMENTS = 4_000_000  # query x gallery scores per block (~32 MB per float64 array)
@@ -120,10 +122,28 @@ def per_query_metrics(scores: np.ndarray, query_labels: np.ndarray, gallery_labe
     return {name: 100 * v for name, v in out.items()}, order[:, :N_TOP]
 
 
+def class_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The NaN-skipping mean of each class's values, classes in label order (NaN for a class with none)."""
+    labels = np.asarray(labels)
+    return np.array([_mean(values[labels == c]) for c in np.unique(labels)], dtype=np.float64)
+
+
 def class_average(values: np.ndarray, labels: np.ndarray) -> float:
     """Mean within each class, then mean over classes (NaN queries skipped), as the Vermouth code reports."""
-    labels = np.asarray(labels)
-    return _mean(np.array([_mean(values[labels == c]) for c in np.unique(labels)]))
+    return _mean(class_means(values, labels))
+
+
+# Summary metric → the per-query column it averages (the query-averaged headline metrics).
+QUERY_AVERAGED = {"map_all": "ap_all", "map_200": "ap_200", "p_100": "p_100", "p_200": "p_200"}
+
+
+def item_standard_errors(per_query: dict[str, np.ndarray], query_labels: np.ndarray) -> dict[str, ItemSE]:
+    """Item-level SE of each reported metric: the queries are the items of a query-averaged metric (std of
+    the valid per-query values / sqrt(their number)); the classes are the items of `map_all_class_avg`
+    (a mean of per-class means). A metric with fewer than two valid items has none."""
+    out = {name: ItemSE.of_mean(per_query[col]) for name, col in QUERY_AVERAGED.items()}
+    out["map_all_class_avg"] = ItemSE.of_mean(class_means(per_query["ap_all"], query_labels))
+    return {name: se for name, se in out.items() if se is not None}
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

@@ -5,6 +5,13 @@ without downloads. A class is a shape. Photos fill it with a random colour and t
 background (so colour and texture are no cue); sketches draw only its outline with jittered, doubled,
 sometimes broken dark strokes on white (so the sketch → photo gap is a real domain gap). 7 classes are
 seen, 3 unseen. One seeded numpy stream draws everything, so every run writes identical pixels.
+
+The unseen side is sized so that every reported metric can move (it is CI's regression baseline): each
+unseen class has more gallery photos than the largest K (200), so P@100, P@200 and mAP@200 are not capped
+and mAP@200 differs from mAP@all; the unseen classes have unequal numbers of query sketches, so the class
+average differs from the query average. Some images are harder than others (small, cluttered, occluded or
+low-contrast photos; small, broken, partial or scribbled-over sketches), so queries range from easy to hard
+instead of all being alike. Only the unseen gallery is large: the seen (training) side stays small.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from harness.io import publish_tree
 
-MINI_VERSION = "1"  # bump when the pixels or the lists change; part of MiniSBIR.fingerprint()
+MINI_VERSION = "2"  # bump when the pixels or the lists change; part of MiniSBIR.fingerprint()
 SEED = 20251126
 SIZE = 64
 SPLIT_DIR = "zeroshot1"
@@ -24,13 +31,23 @@ SKETCH_DIR = "256x256/sketch/tx_000000000000_ready"
 PHOTO_DIR = "256x256/photo/tx_000000000000_ready"
 EXTEND_DIR = "EXTEND_image_sketchy_ready"
 VERSION_FILE = ".mini_version"
-ORIGINALS = 6  # photos per class in 256x256/photo; each has SKETCHES_PER_PHOTO sketches
-SKETCHES_PER_PHOTO = 2
-EXTENDED = 6  # extra photos per class in EXTEND_image_sketchy_ready
+SKETCHES_PER_PHOTO = 2  # sketches drawn of each photo in 256x256/photo
+ORIGINALS = 6  # seen classes: photos per class in 256x256/photo (each with its sketches)
+EXTENDED = 6  # seen classes: extra photos per class in EXTEND_image_sketchy_ready (no sketches)
+TOP_K = 200  # the largest K the SBIR metrics cut at (mAP@200, P@200)
+HARD_P = 0.3  # chance of each difficulty factor, drawn independently per image
 
 SHAPES = ("circle", "square", "triangle", "star", "house", "arrow", "diamond", "hexagon", "plus sign", "heart")
 UNSEEN: tuple[str, ...] = ("diamond", "hexagon", "plus sign")  # names with spaces exercise the parser
 SEEN: tuple[str, ...] = tuple(s for s in SHAPES if s not in UNSEEN)
+# Unseen classes: (photos with sketches, extended photos). Galleries of 212 / 236 / 258 (all > TOP_K) and
+# 28 / 40 / 56 query sketches.
+UNSEEN_COUNTS: dict[str, tuple[int, int]] = {"diamond": (14, 198), "hexagon": (20, 216), "plus sign": (28, 230)}
+
+
+def counts(shape: str) -> tuple[int, int]:
+    """(original photos, extended photos) of a class."""
+    return UNSEEN_COUNTS.get(shape, (ORIGINALS, EXTENDED))
 
 
 def outline(shape: str) -> np.ndarray:
@@ -108,17 +125,65 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
     return np.ones((SIZE, SIZE), dtype=bool)
 
 
+def _coverage(canvas: Image.Image) -> np.ndarray:
+    """A mask drawn at 2x, box-filtered to SIZE: anti-aliased coverage [H, W, 1] in 0..1."""
+    return np.asarray(canvas.resize((SIZE, SIZE), Image.Resampling.BOX), dtype=np.float64)[..., None] / 255
+
+
+def _clutter(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """2-4 blobs and bars in random colours over `out` (painted before the shape: background clutter)."""
+    for _ in range(int(rng.integers(2, 5))):
+        canvas = Image.new("L", (2 * SIZE, 2 * SIZE), 0)
+        x, y = rng.uniform(0, 2 * SIZE, size=2)
+        rx, ry = rng.uniform(6, 18, size=2)
+        if rng.uniform() < 0.5:
+            ImageDraw.Draw(canvas).ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
+        else:
+            ImageDraw.Draw(canvas).line([(x - rx, y - ry), (x + rx, y + ry)], fill=255, width=int(rng.integers(3, 9)))
+        mask = _coverage(canvas)
+        out = out * (1 - mask) + rng.uniform(20, 235, size=3) * mask
+    return out
+
+
+def _occluder(pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Coverage of a rotated bar that hides part of the shape whose 2x outline is `pts` (never all of it)."""
+    centre, radius = (pts.max(0) + pts.min(0)) / 2, np.ptp(pts, axis=0).max() / 2
+    angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    mid = centre + direction * radius * rng.uniform(0.5, 0.9)
+    half = radius * rng.uniform(0.4, 0.75, size=2)
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    rot = np.array([[direction[0], -direction[1]], [direction[1], direction[0]]])
+    canvas = Image.new("L", (2 * SIZE, 2 * SIZE), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in corners @ rot.T + mid], fill=255)
+    return _coverage(canvas)
+
+
 def render_photo(shape: str, rng: np.random.Generator) -> Image.Image:
-    """A filled, coloured, textured shape over a varied background; every draw comes from `rng`."""
+    """A filled, coloured, textured shape over a varied background; every draw comes from `rng`.
+
+    Each difficulty factor is drawn independently: a small shape, background clutter, a bar occluding
+    part of the shape, a fill close to the background colour (low contrast).
+    """
+    small, clutter, occluded, faint = rng.uniform(size=4) < HARD_P
     bg = _background(rng)
-    pts = _place(shape, rng, 14, 24) * 2  # drawn at 2x, then box-filtered: anti-aliased edge
-    mask_img = Image.new("L", (2 * SIZE, 2 * SIZE), 0)
-    ImageDraw.Draw(mask_img).polygon([(float(x), float(y)) for x, y in pts], fill=255)
-    mask = np.asarray(mask_img.resize((SIZE, SIZE), Image.Resampling.BOX), dtype=np.float64)[..., None] / 255
-    main = rng.uniform(20, 235, size=3)
-    light = rng.uniform(200, 250) + rng.uniform(-10, 10, size=3)
+    if clutter:
+        bg = _clutter(bg, rng)
+    pts = _place(shape, rng, *((8, 13) if small else (14, 24))) * 2  # drawn at 2x, then box-filtered
+    canvas = Image.new("L", (2 * SIZE, 2 * SIZE), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in pts], fill=255)
+    mask = _coverage(canvas)
+    if faint:
+        main = (bg * mask).sum((0, 1)) / max(mask.sum(), 1e-9) + rng.uniform(-30, 30, size=3)
+        light = main + rng.uniform(-20, 20, size=3)
+    else:
+        main = rng.uniform(20, 235, size=3)
+        light = rng.uniform(200, 250) + rng.uniform(-10, 10, size=3)
     fg = np.where(_texture(rng)[..., None], main, light)
     out = bg * (1 - mask) + fg * mask
+    if occluded:
+        cover = _occluder(pts, rng)
+        out = out * (1 - cover) + rng.uniform(20, 235, size=3) * cover
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -131,27 +196,49 @@ def _densify(pts: np.ndarray, step: float) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _gaps(n: int, rng: np.random.Generator, broken: bool) -> np.ndarray:
+    """Boolean [n]: segments of one stroke left out. Usually none or one short gap; `broken`: 2-4 longer ones."""
+    skip = np.zeros(n, dtype=bool)
+    count = int(rng.integers(2, 5)) if broken else int(rng.uniform() < 0.4)
+    for _ in range(count):
+        at, length = int(rng.integers(n)), int(rng.integers(3, 8) if broken else rng.integers(2, 5))
+        skip[(at + np.arange(length)) % n] = True
+    return skip
+
+
 def render_sketch(shape: str, rng: np.random.Generator) -> Image.Image:
-    """Only the outline: one or two wobbly dark strokes, sometimes with gaps, on white (no fill)."""
-    base = _densify(_place(shape, rng, 14, 26), step=3.0)
+    """Only the outline: one or two wobbly dark strokes, sometimes with gaps, on white (no fill).
+
+    Each difficulty factor is drawn independently: a small sketch, strokes broken in several places, a
+    part of the outline never drawn (the same part in every stroke), stray scribbles.
+    """
+    small, broken, partial, scribbled = rng.uniform(size=4) < HARD_P
+    base = _densify(_place(shape, rng, *((9, 13) if small else (14, 26))), step=3.0)
     scale = 4  # drawn at 4x, then box-filtered
     img = Image.new("L", (SIZE * scale, SIZE * scale), 255)
     draw = ImageDraw.Draw(img)
     ink = int(rng.integers(0, 70))
+    missing = np.zeros(len(base), dtype=bool)
+    if partial:
+        at, length = int(rng.integers(len(base))), int(len(base) * rng.uniform(0.2, 0.35))
+        missing[(at + np.arange(length)) % len(base)] = True
     for _ in range(int(rng.integers(1, 3))):
         wobble = np.cumsum(rng.normal(0, 0.35, size=base.shape), axis=0)
         wobble -= np.linspace(0, 1, len(base))[:, None] * wobble[-1]  # the stroke closes on itself
         pts = (base + wobble + rng.normal(0, 0.6, size=2)) * scale
         width = int(rng.integers(scale, 2 * scale + 1))
-        gap_at = int(rng.integers(len(pts))) if rng.uniform() < 0.4 else -1
-        gap_len = int(rng.integers(2, 5))
+        skip = missing | _gaps(len(pts), rng, bool(broken))
         closed = np.concatenate([pts, pts[:1]])
         for i in range(len(closed) - 1):
-            if gap_at >= 0 and 0 <= i - gap_at < gap_len:
-                continue
-            draw.line([tuple(closed[i]), tuple(closed[i + 1])], fill=ink, width=width)
-    small = img.resize((SIZE, SIZE), Image.Resampling.BOX)
-    return small.convert("RGB")
+            if not skip[i]:
+                draw.line([tuple(closed[i]), tuple(closed[i + 1])], fill=ink, width=width)
+    if scribbled:
+        for _ in range(int(rng.integers(1, 4))):
+            start = rng.uniform(4, SIZE - 4, size=2)
+            steps = np.cumsum(rng.normal(0, 2.5, size=(int(rng.integers(3, 7)), 2)), axis=0)
+            line = np.clip(start + steps, 1, SIZE - 1) * scale
+            draw.line([tuple(p) for p in line], fill=ink, width=int(rng.integers(scale, 2 * scale + 1)))
+    return img.resize((SIZE, SIZE), Image.Resampling.BOX).convert("RGB")
 
 
 def _write(folder: Path, seed: int) -> None:
@@ -162,7 +249,8 @@ def _write(folder: Path, seed: int) -> None:
         label = (UNSEEN if part == "zero" else SEEN).index(shape)
         for sub in (SKETCH_DIR, PHOTO_DIR, EXTEND_DIR):
             (folder / sub / shape).mkdir(parents=True)
-        for k in range(ORIGINALS):
+        originals, extended = counts(shape)
+        for k in range(originals):
             photo_id = f"n{cid:08d}_{k + 1}"
             rel = f"{PHOTO_DIR}/{shape}/{photo_id}.jpg"
             render_photo(shape, rng).save(folder / rel, format="JPEG", quality=90)
@@ -171,7 +259,7 @@ def _write(folder: Path, seed: int) -> None:
                 rel = f"{SKETCH_DIR}/{shape}/{photo_id}-{n + 1}.png"
                 render_sketch(shape, rng).save(folder / rel, format="PNG")
                 lists[f"sketch_{part}"].append(f"{rel} {label}")
-        for k in range(EXTENDED):
+        for k in range(extended):
             rel = f"{EXTEND_DIR}/{shape}/ext_{k + 1}.jpg"
             render_photo(shape, rng).save(folder / rel, format="JPEG", quality=90)
             lists[f"photo_{part}"].append(f"{rel} {label}")

@@ -20,9 +20,10 @@ from harness.api import Backbone, ImageItem, JobContext, Result, StrictModel, Ta
 from harness.catalog import register_task
 from harness.errors import ConfigError, HarnessError
 from harness.features import dense_features, global_features
+from harness.numerics import head_dtype, text_precision
 from tasks.sbir.datasets import SBIRDataset, normalise_name
 from tasks.sbir.grid import pick_queries, render_grid
-from tasks.sbir.metrics import cosine_retrieval
+from tasks.sbir.metrics import cosine_retrieval, item_standard_errors
 
 SCALE_PRESETS: dict[str, float] = {"vermouth": 4.6052 / 0.2, "clip": 100.0}
 GRID_FILE = "sbir_top10.png"
@@ -109,7 +110,7 @@ class ZeroShotSBIR(Task):
         train = training_items(dataset, protocol.max_train_per_class, protocol.seed)
         queries, gallery = splits["sketch_zero"], splits["photo_zero"]
 
-        space = text_space(protocol.text_space)
+        space = text_space(protocol.text_space, dtype=text_precision(backbone))
         templates = protocol.templates or list(dataset.templates)
         anchors = space.class_embeddings(seen, templates)  # seen classes only: the unseen names never train
         neck = self._neck(backbone, protocol.seed)
@@ -124,7 +125,8 @@ class ZeroShotSBIR(Task):
         assert int(y_train.max()) < len(seen), "a training label is outside the seen classes"
         settings = TrainSettings(epochs=protocol.epochs, batch_size=protocol.train_batch_size, lr=protocol.lr,
                                  weight_decay=protocol.weight_decay, temperature=1.0 / protocol.scale,
-                                 grad_clip=protocol.grad_clip or float("inf"), seed=protocol.seed)
+                                 grad_clip=protocol.grad_clip or float("inf"), seed=protocol.seed,
+                                 dtype=head_dtype(backbone))
         model, losses = train_text_classifier(x_train, y_train, anchors, neck, settings)
         del x_train
 
@@ -132,8 +134,9 @@ class ZeroShotSBIR(Task):
         def embed(items: list[ImageItem], batch: int = 256) -> np.ndarray:
             x = features(items)
             n = len(items)
-            out = [model.embed(take(x, torch.arange(s, min(s + batch, n)))).float() for s in range(0, n, batch)]
-            return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
+            # L2-normalised in the head's dtype (float64 for `fp64` jobs), so scores are computed at that precision
+            return torch.cat([model.embedding(take(x, torch.arange(s, min(s + batch, n)))) for s in range(0, n, batch)
+                              ]).numpy()
 
         q_labels = np.array([it.label for it in queries])
         g_labels = np.array([it.label for it in gallery])
@@ -164,7 +167,8 @@ class ZeroShotSBIR(Task):
             "qualitative_queries": [queries[r].path for r in rows],
         }
         metrics = {**summary, "final_loss": losses[-1]}
-        return Result(metrics=metrics, details=details, artifacts=artifacts)
+        return Result(metrics=metrics, details=details, artifacts=artifacts,
+                      item_se=item_standard_errors(per_query, q_labels))
 
     @staticmethod
     def _neck(backbone: Backbone, seed: int):

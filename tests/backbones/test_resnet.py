@@ -12,7 +12,7 @@ from backbone_helpers import TimmContract, backbone_cfg, load_hub_weights, rando
 
 from backbones.resnet import ResNetBackbone
 
-TINY_OVERLAY = {"input_size": (3, 112, 112)}
+TINY_OVERLAY = {"input_size": (3, 64, 64)}
 
 cfg = functools.partial(backbone_cfg, "resnet")
 images = functools.partial(random_images, size=(160, 130), step=7)
@@ -38,7 +38,7 @@ def test_default_variant():
 def test_shapes_fingerprint_and_single_pass_kinds():
     bb = ResNetBackbone(cfg())
     x = bb.preprocess(images(3))
-    assert x.shape == (3, 3, 112, 112) and x.dtype == torch.float32
+    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32
     both = bb.image_features(x, kinds=("global", "dense"))
     assert both.global_.shape == (3, bb.model.num_features) == (3, 512)
     assert list(both.dense) == ["layer1", "layer2", "layer3", "layer4"]
@@ -48,9 +48,9 @@ def test_shapes_fingerprint_and_single_pass_kinds():
     torch.testing.assert_close(both.global_, bb.image_features(x).global_)
     assert bb.image_features(x, kinds=("dense",)).global_ is None
     fp = bb.fingerprint()
-    assert fp["weights"] == "random(seed=0)" == ResNetBackbone.weights_fingerprint(cfg())
+    assert fp["weights"] == "random(seed=0,init=v2)" == ResNetBackbone.weights_fingerprint(cfg())
     assert (fp["arch"], fp["weights_kind"], fp["input_size"], fp["dtype"]) == ("resnet10t", "random",
-                                                                             [3, 112, 112], "fp32")
+                                                                             [3, 64, 64], "fp32")
 
 
 def test_hub_cache_round_trip(tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def fake_hf_cache(cache: Path, repo_id: str, files: dict[str, dict[str, torch.Te
 
 def test_random():
     w = resolve_weights("random", seed=7)
-    assert (w.kind, w.path, w.fingerprint) == ("random", None, "random(seed=7)")
+    assert (w.kind, w.path, w.fingerprint) == ("random", None, "random(seed=7,init=v2)")
 
 
 def test_local_file_sha256_matches_hashlib(tmp_path):

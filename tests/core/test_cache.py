@@ -2,7 +2,7 @@ import torch
 
 from harness.cache import FeatureCache, cache_info, clear_cache, tensor_key
 
-FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0)"}
+FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0,init=v2)"}
 
 
 def test_round_trip_global_and_dense():

@@ -51,10 +51,12 @@ def test_marks_best_and_ties_in_markdown():
 
 
 def test_csv_columns_unchanged(tmp_path):
+    """The original columns stay first and in order; the regression gate's item columns are appended."""
     lb = build_leaderboard("s", fake_runs())
     paths = write_leaderboard(lb, tmp_path, html=False)
     assert list(pd.read_csv(paths[1]).columns) == ["backbone", "task", "task_version", "dataset", "setting",
-                                                   "metric", "mean", "std", "n"]
+                                                   "metric", "mean", "std", "n", "n_items", "se_items",
+                                                   "seed_values"]
 
 
 def test_html_is_self_contained_with_table_and_charts(tmp_path):

@@ -14,7 +14,9 @@ def make_plan(**kw):
 def test_mini_suite_expands_to_grid_with_tiny_variant():
     p = make_plan()
     assert {j.task for j in p.jobs} == {"fsc", "sbir", "ovss"}
-    assert [j.dataset for j in p.jobs if j.task == "ovss"] == ["mini_ovss"]
+    ovss = [(j.dataset, j.protocol["seed"]) for j in p.jobs if j.task == "ovss"]
+    assert ovss == [("mini_ovss", s) for s in (1, 2, 3)]
+    assert {j.backbone.dtype for j in p.jobs} == {"fp64"}  # the suite's precision reaches every backbone
     p.jobs = [j for j in p.jobs if j.task == "fsc"]
     assert len(p.jobs) == 18  # heads {linear-probe, text-classifier} x shots {1,4,16} x seeds {1,2,3}
     assert {j.backbone.variant for j in p.jobs} == {"tiny"}

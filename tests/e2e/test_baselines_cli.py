@@ -28,7 +28,7 @@ def test_mini_suite_one_job_each_and_leaderboard_rows(tmp_path: Path):
     assert sorted((r["backbone"]["name"], r["task"]) for r in recs) == sorted(
         (b, t) for b in ("clip", "dino") for t in ("fsc", "fsc", "sbir", "ovss"))
     for rec in recs:
-        assert rec["weights_fingerprint"] == "random(seed=0)"
+        assert rec["weights_fingerprint"] == "random(seed=0,init=v2)"
         metric = rec["metrics"][rec["primary_metric"]]
         assert 0.0 <= metric <= 100.0
 

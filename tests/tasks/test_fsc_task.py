@@ -10,6 +10,7 @@ from harness.api import JobContext
 from harness.config import BackboneConfig
 from harness.paths import harness_home
 from harness.planner import open_dataset
+from tasks.fsc import mini
 from tasks.fsc.linear_probe import search_c
 from tasks.fsc.sampling import load_or_create_fewshot
 from tasks.fsc.task import FewShotClassification, FSCProtocol
@@ -23,10 +24,11 @@ def backbone():
 
 
 def direct_features(backbone, dataset, items) -> np.ndarray:
-    """Independent of harness.features: timm's model called directly, L2-normalised by hand."""
+    """Independent of harness.features: timm's model called directly, L2-normalised by hand in float64 (the
+    precision the probe fits in)."""
     batch = backbone.preprocess([dataset.load_image(it) for it in items])
     with torch.no_grad():
-        feats = backbone.model.forward_head(backbone.model.forward_features(batch), pre_logits=True).numpy()
+        feats = backbone.model.forward_head(backbone.model.forward_features(batch), pre_logits=True).double().numpy()
     return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
 
@@ -47,7 +49,7 @@ def test_accuracy_matches_sklearn_on_the_same_features(backbone, tmp_path):
     clf = LogisticRegression(C=result.details["c"], max_iter=1000).fit(x_tr, y_tr)
     assert result.metrics["top1"] == pytest.approx(100 * accuracy_score(y_te, clf.predict(x_te)), abs=1e-9)
     assert result.metrics["val_top1"] == pytest.approx(100 * accuracy_score(y_val, clf.predict(x_val)), abs=1e-9)
-    assert result.details["n_test"] == 12 * 10  # the full test split
+    assert result.details["n_test"] == 12 * mini.PER_CLASS["test"]  # the full test split
     assert 100 / 12 < result.metrics["top1"] <= 100  # random-init features still beat chance on mini
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from harness.errors import DataMissingError
 from harness.planner import open_dataset
 from tasks.sbir import mini
 from tasks.sbir.datasets import MiniSBIR, QuickDraw30, Sketchy21, Sketchy25, TUBerlin30
+from tasks.sbir.metrics import PRECISION_KS, TOPK
 
 
 def _png() -> bytes:
@@ -207,16 +209,32 @@ def test_mini_generator_is_deterministic_and_read_by_the_real_reader(tmp_path):
     ds = MiniSBIR(tmp_path / "a" / "mini_sbir")
     ds.verify()
     splits = ds.splits()
-    per_class = mini.ORIGINALS * mini.SKETCHES_PER_PHOTO
-    assert len(splits["sketch_zero"]) == per_class * len(mini.UNSEEN)
-    assert len(splits["photo_zero"]) == (mini.ORIGINALS + mini.EXTENDED) * len(mini.UNSEEN)
-    assert len(splits["sketch_train"]) == per_class * len(mini.SEEN)
+    assert len(splits["sketch_train"]) == mini.ORIGINALS * mini.SKETCHES_PER_PHOTO * len(mini.SEEN)
+    assert len(splits["photo_train"]) == (mini.ORIGINALS + mini.EXTENDED) * len(mini.SEEN)
+    queries = Counter(it.classname for it in splits["sketch_zero"])
+    gallery = Counter(it.classname for it in splits["photo_zero"])
+    assert queries == {c: mini.UNSEEN_COUNTS[c][0] * mini.SKETCHES_PER_PHOTO for c in mini.UNSEEN}
+    assert gallery == {c: sum(mini.UNSEEN_COUNTS[c]) for c in mini.UNSEEN}
     assert set(ds.unseen_classnames()) == set(mini.UNSEEN) and "plus sign" in ds.unseen_classnames()
     assert any(it.path.startswith("EXTEND_image_sketchy_ready/") for it in splits["photo_zero"])
     sketch = ds.load_image(splits["sketch_zero"][0])
     photo = ds.load_image(splits["photo_zero"][0])
     assert sketch.size == photo.size == (mini.SIZE, mini.SIZE)
     assert sketch.getpixel((0, 0)) == (255, 255, 255)  # white background, strokes only
+
+
+def test_mini_unseen_side_lets_every_reported_metric_move(tmp_path):
+    """Each unseen class has more gallery photos than the largest K, so P@100, P@200 and mAP@200 are not
+    capped by R/G and mAP@200 is not mAP@all; unequal query counts make the class average differ from the
+    query average. (With 12 photos per class every backbone scored P@100 = P@200 = 33.33.)"""
+    ds = open_dataset("mini_sbir")
+    splits = ds.splits()
+    gallery = Counter(it.classname for it in splits["photo_zero"])
+    queries = Counter(it.classname for it in splits["sketch_zero"])
+    assert set(gallery) == set(queries) == set(mini.UNSEEN)
+    assert min(gallery.values()) > mini.TOP_K == max(PRECISION_KS) == TOPK
+    assert len(set(queries.values())) == len(queries)  # no two unseen classes with the same query count
+    assert len(splits["photo_train"]) + len(splits["sketch_train"]) < 200  # the training side stays small
 
 
 def test_mini_is_generated_on_first_use_and_kept_when_identical(tmp_path):

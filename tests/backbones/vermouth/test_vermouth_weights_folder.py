@@ -46,7 +46,7 @@ def test_local_folder_fingerprint_follows_its_files(tiny_folder, tmp_path):
     cfg = copy / "scheduler" / "scheduler_config.json"
     cfg.write_text(cfg.read_text().replace("0.012", "0.0125"))
     assert resolve_model_folder(str(copy), required=SD_REQUIRED, include=SD_INCLUDE).fingerprint != a.fingerprint
-    assert resolve_model_folder("random", seed=3).fingerprint == "random(seed=3)"
+    assert resolve_model_folder("random", seed=3).fingerprint == "random(seed=3,init=v2)"
 
 
 def test_incomplete_snapshot_and_bad_paths_are_named(tiny_folder, tmp_path, monkeypatch):
