@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.api import ItemSE
 from harness.stats import ALPHA, compare_with_best
 from harness.tracking import N_ITEMS, SE_BINOMIAL, SE_ITEMS, Tracker
 
@@ -130,8 +131,7 @@ def item_summary(group: pd.DataFrame, mean: float) -> dict:
     n_items = group["n_items"].dropna().min() if "n_items" in group else float("nan")
     se = group["se_item"].dropna() if "se_item" in group else pd.Series(dtype=float)
     if "binomial" in group and group["binomial"].fillna(False).astype(bool).any() and not pd.isna(n_items):
-        p = min(max(mean / 100.0, 0.0), 1.0)
-        se_items = 100.0 * math.sqrt(p * (1.0 - p) / n_items)
+        se_items = ItemSE.of_proportion(mean, int(n_items)).se
     else:
         se_items = float(math.sqrt((se**2).mean())) if len(se) else float("nan")
     seeded = group.dropna(subset=["seed"]).drop_duplicates("seed")
