@@ -117,3 +117,51 @@ DINO: dict[str, VariantCard] = {
                "dense_levels": ("block1", "block2")},
     ),
 }
+
+# The `synthetic` backbone (`backbones.synthetic`): the real feature shapes of big backbones at negligible
+# compute, for memory / throughput load tests of the harness on a CPU. Never in `--backbone all`. `extra` keys:
+# `levels` (the dense maps, shallow to deep as the real backbone names them: `channels`, and either `stride`,
+# a map of ceil(side / stride) cells as a padded conv net gives, or `patch`, a floor(side / patch) ViT grid),
+# `global_levels` (`global` = their global-average-pooled maps concatenated; empty: a projection of the whole
+# image's statistics to `embed_dim`), `neck` (the trainable neck's per-level width and output width).
+SYNTHETIC_NOTE = "SYNTHETIC (load tests only)"
+SYNTHETIC_STATS = 6  # per cell: the mean of each normalised channel and of its square (backbones.synthetic)
+
+
+def _synthetic(name: str, resolution: int, levels: list[dict], embed_dim: int, global_levels: tuple[str, ...],
+               what: str, neck_width: int = 32) -> VariantCard:
+    """A synthetic card: a 1×1 projection of the cell statistics (+ bias) per level, and per global head."""
+    params = sum(lv["channels"] for lv in levels) * (SYNTHETIC_STATS + 1)
+    if not global_levels:
+        params += embed_dim * (SYNTHETIC_STATS + 1)
+    return VariantCard(
+        name=name, arch=f"synthetic-{name}", weights="random",
+        description=f"{SYNTHETIC_NOTE}: {what}, at negligible compute",
+        extra={"resolution": resolution, "params": params, "embed_dim": embed_dim,
+               "feature_kinds": ("global", "dense"), "dense_levels": tuple(lv["name"] for lv in levels),
+               "levels": tuple(levels), "global_levels": global_levels,
+               "neck": {"width": neck_width, "embed_dim": 256}})
+
+
+def _sd15_levels() -> list[dict]:
+    return [{"name": "L0", "channels": 1280, "stride": 64}, {"name": "L1", "channels": 1280, "stride": 32},
+            {"name": "L2", "channels": 1280, "stride": 16}, {"name": "L3", "channels": 960, "stride": 8}]
+
+
+SYNTHETIC: dict[str, VariantCard] = {
+    "sd15-512": _synthetic("sd15-512", 512, _sd15_levels(), 4800, ("L0", "L1", "L2", "L3"),
+                           "Vermouth sd15's levels at 512 px (1280×8×8, 1280×16×16, 1280×32×32, 960×64×64; "
+                           "4800-d pooled-levels global)"),
+    "sd15-256": _synthetic("sd15-256", 256, _sd15_levels(), 4800, ("L0", "L1", "L2", "L3"),
+                           "Vermouth sd15's levels at 256 px (1280×4×4 .. 960×32×32; 4800-d global)"),
+    "vit-l-14": _synthetic("vit-l-14", 224, [{"name": f"block{k}", "channels": 1024, "patch": 14}
+                                             for k in (6, 12, 18, 24)], 768, (),
+                           "CLIP ViT-L/14's shapes at 224 px (4 × 1024×16×16 blocks; 768-d global)"),
+    "resnet50": _synthetic("resnet50", 224, [{"name": f"layer{k}", "channels": c, "stride": s} for k, c, s in
+                                             ((1, 256, 4), (2, 512, 8), (3, 1024, 16), (4, 2048, 32))],
+                           2048, ("layer4",),
+                           "ResNet-50's shapes at 224 px (layer1..4 = 256×56×56 .. 2048×7×7; 2048-d global)"),
+    "tiny": _synthetic("tiny", 32, [{"name": "L0", "channels": 16, "stride": 8},
+                                    {"name": "L1", "channels": 8, "stride": 4}], 24, ("L0", "L1"),
+                       "two small levels at 32 px (16×4×4, 8×8×8; 24-d global) for fast unit tests", neck_width=8),
+}

@@ -41,7 +41,7 @@ from backbones.common import (
     torch_dtype,
     weights_dtype,
 )
-from harness.api import Backbone, Features
+from harness.api import Backbone, Features, FeatureShapes
 from harness.catalog import register_backbone
 from harness.numerics import seeded_init, to_float32
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
@@ -139,6 +139,36 @@ class CLIPBackbone(Backbone):
         else:  # another open_clip tower (timm trunk, ...): its projected embedding only, at its native size
             self.feature_kinds = ("global",)
         self._resized: dict[tuple[int, int], torch.nn.Module] = {}
+
+    @classmethod
+    def feature_shapes(cls, config: BackboneConfig) -> FeatureShapes | None:
+        """From the open_clip model config (the card's own, or open_clip's for the arch) and the input size
+        open_clip's eval transform gives (the tower's image size unless the card's `preprocess_cfg` says):
+        `global` = the projected embedding; ViT: patch maps [width, H/p, W/p] at `dense_block_indices`;
+        ModifiedResNet: layer1..4 (a stride-2 conv, ceil, then floor halvings by average pooling)."""
+        card = cls.variants[config.variant or cls.default_variant]
+        model_cfg = card.extra.get("model_cfg") or open_clip.get_model_config(card.arch)
+        if not model_cfg:
+            return None
+        vision = model_cfg["vision_cfg"]
+        size = card.extra.get("preprocess_cfg", {}).get("size") or vision["image_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        shapes: FeatureShapes = {"global": {"global": (int(model_cfg["embed_dim"]),)}}
+        layers = vision.get("layers")
+        if vision.get("timm_model_name"):
+            return shapes  # a timm trunk: its projected embedding only (see __init__)
+        if isinstance(layers, (list, tuple)):
+            h, w = (height + 1) // 2 // 2, (width + 1) // 2 // 2
+            dense = {}
+            for i, stage in enumerate(RESNET_STAGES):
+                dense[stage] = (int(vision.get("width", 64)) * 4 * 2 ** i, h, w)
+                h, w = h // 2, w // 2
+            shapes["dense"] = dense
+        else:
+            patch = int(vision["patch_size"])
+            shapes["dense"] = {f"block{i + 1}": (int(vision["width"]), height // patch, width // patch)
+                               for i in dense_block_indices(int(layers))}
+        return shapes
 
     # -- building ----------------------------------------------------------------------------------------
     def _tag_cfg(self) -> dict[str, Any]:

@@ -52,6 +52,22 @@ def freeze(model: torch.nn.Module, device: torch.device, dtype_name: str = "fp32
     return model.eval().requires_grad_(False).to(device, weights_dtype(dtype_name))
 
 
+def square_crop_pixels(im, size: int) -> torch.Tensor:
+    """An image → float32 [3, size, size] in 0..255: short side to `size` (bicubic), center crop (the
+    preprocessing of Vermouth's tasks, and of the synthetic backbone that stands in for it)."""
+    import numpy as np
+    from PIL import Image
+
+    im = im if im.mode == "RGB" else im.convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+
+
 def check_kinds(backbone: str, kinds: Sequence[str], known: Sequence[str]) -> None:
     unknown = set(kinds) - set(known)
     if unknown:

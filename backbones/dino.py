@@ -46,6 +46,13 @@ class DINOBackbone(TimmBackbone):
         self._dense_indices = dense_block_indices(len(self.model.blocks))
         self.dense_levels = tuple(f"block{i + 1}" for i in self._dense_indices)
 
+    @classmethod
+    def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """Patch-token maps [D, H/p, W/p] after the blocks `dense_block_indices` picks."""
+        ph, pw = model.patch_embed.patch_size
+        return {f"block{i + 1}": (int(model.embed_dim), height // ph, width // pw)
+                for i in dense_block_indices(len(model.blocks))}
+
     def _check_batch(self, batch: torch.Tensor) -> None:
         ph, pw = self.model.patch_embed.patch_size
         if batch.shape[-2] % ph or batch.shape[-1] % pw:

@@ -25,6 +25,17 @@ class ResNetBackbone(TimmBackbone):
     feature_kinds = ("global", "dense")
     classifier_prefix = "fc."
 
+    @classmethod
+    def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """Each stage at its reduction: every stride-2 step (padded conv or pool) gives ceil(side / 2)."""
+        out = {}
+        for info in model.feature_info[1:]:  # 0 is the stem
+            h, w = height, width
+            for _ in range(int(info["reduction"]).bit_length() - 1):
+                h, w = -(-h // 2), -(-w // 2)
+            out[info["module"]] = (int(info["num_chs"]), h, w)
+        return dict(zip(STAGES, out.values(), strict=True))
+
     def _forward_dense(self, x: torch.Tensor, with_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The four stage outputs `STAGES` (and the final features, always computed)."""
         last, maps = self.model.forward_intermediates(x, indices=[1, 2, 3, 4])  # 0 is the stem

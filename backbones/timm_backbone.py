@@ -28,7 +28,7 @@ from backbones.common import (
     torch_dtype,
     weights_dtype,
 )
-from harness.api import Backbone, Features
+from harness.api import Backbone, Features, FeatureShapes
 from harness.numerics import seeded_init, to_float32
 from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
@@ -63,6 +63,27 @@ class TimmBackbone(Backbone):
         self.model = freeze(model, self.device, config.dtype)
         self.data_config: dict[str, Any] = dict(timm.data.resolve_model_data_config(model))
         self._transform = timm.data.create_transform(**self.data_config, is_training=False)
+
+    @classmethod
+    def feature_shapes(cls, config: BackboneConfig) -> FeatureShapes:
+        """The architecture built on the meta device (no weights, no memory, no compute) at the card's input
+        size: `global` is the pre-logits width, `dense` the subclass's `_dense_shapes`."""
+        card = cls.variants[config.variant or cls.default_variant]
+        overlay = card.extra.get("pretrained_cfg_overlay") or None
+        with torch.device("meta"):
+            model = timm.create_model(card.arch, pretrained=False, num_classes=0, **cls.create_kwargs,
+                                      pretrained_cfg_overlay=overlay, **card.extra.get("model_kwargs", {}))
+        _, height, width = timm.data.resolve_model_data_config(model)["input_size"]
+        width_out = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        shapes: FeatureShapes = {"global": {"global": (width_out,)}}
+        if "dense" in cls.feature_kinds:
+            shapes["dense"] = cls._dense_shapes(model, int(height), int(width))
+        return shapes
+
+    @classmethod
+    def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """`{name: (C, H, W)}` of the dense maps for an input of height x width (see `_forward_dense`)."""
+        raise NotImplementedError
 
     @classmethod
     def _load(cls, model: torch.nn.Module, path: Path) -> None:

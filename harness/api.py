@@ -36,6 +36,10 @@ class Features:
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+# Per-image shapes of each feature kind: {"global": {"global": (D,)}, "dense": {level: (C, H, W)}}.
+FeatureShapes = dict[str, dict[str, tuple[int, ...]]]
+
+
 @dataclass(frozen=True)
 class VariantCard:
     """A variant is a name + a config record (the timm `pretrained_cfg` idea), readable without torch."""
@@ -105,6 +109,20 @@ class Backbone(abc.ABC):
         return resolve_weights(config.weights or card.weights, seed=config.seed,
                                filenames=cls.weight_filenames or DEFAULT_FILENAMES).fingerprint
 
+    @classmethod
+    def feature_shapes(cls, config: BackboneConfig) -> FeatureShapes | None:
+        """The shape of one image's features per kind, from the card and options alone (no weights, no forward
+        pass at full size), so the planner can say how many bytes a plan stores before anything is built.
+        Must equal what `image_features` gives for one preprocessed image. None: not known ("unknown" cost)."""
+        return None
+
+    @classmethod
+    def has_neck(cls, config: BackboneConfig) -> bool:
+        """Whether `neck()` gives a module, without building the backbone (tasks train a neck on dense features,
+        a plain backbone's projection on global ones, which changes what a plan stores). By default: whether the
+        class overrides `neck`; override this when the override can return None."""
+        return cls.neck is not Backbone.neck
+
     @property
     def param_count(self) -> int:
         """Parameters of the built model (`self.model`)."""
@@ -132,6 +150,9 @@ class Dataset(abc.ABC):
     folder: ClassVar[str]
     prepare_hint: ClassVar[str] = ""  # how to obtain and lay out the real data (printed when missing)
     embedded: ClassVar[bool] = False  # a `mini` dataset the harness generates itself
+    # Image counts per split as published (the cost of a plan whose data is not prepared yet: harness.cost);
+    # None, or a split left out: not known. Counted from the split files once the data is there.
+    published_sizes: ClassVar[dict[str, int] | None] = None
 
     def __init__(self, root: Path):
         self.root = Path(root)

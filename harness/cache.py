@@ -1,23 +1,34 @@
-"""The persistent feature cache: frozen features stored content-addressed, written atomically, verified on read.
+"""The persistent feature store: frozen features stored content-addressed, compact, within a budget.
 
-An entry's address is the backbone's fingerprint (weights, preprocessing, feature config, dtype) plus
-the feature kind plus the sha256 of the image file's bytes, so a changed image, transform or weight
-never hits a stale entry, and the same image in two datasets is extracted once. Entries are
-safetensors files carrying a checksum of their payload; a corrupt entry is detected, deleted and
-recomputed, never used. Past the size budget (`HARNESS_CACHE_BUDGET_GB`, default 50) features are
-streamed instead of stored.
+An entry's address is the backbone's fingerprint (weights, preprocessing, feature config, dtype) plus the
+feature kind plus the store dtype plus the sha256 of the image file's bytes, so a changed image, transform
+or weight never hits a stale entry, and the same image in two datasets is extracted once.
+
+- Entries are safetensors files (read back memory-mapped) carrying a checksum of their payload; a corrupt
+  entry is detected, deleted and recomputed, never used.
+- Values are stored in the store dtype (`feature_dtype`: fp16 by default, bf16 or fp32): half the bytes of
+  fp32. Heads always see features rounded to that dtype (`round_to_store`), stored or not, so a cache hit
+  and a fresh computation give the same numbers.
+- The budget (`HARNESS_CACHE_BUDGET_GB`, default 50) is kept by evicting the least recently used entries.
+  A ledger (`ledger.sqlite`: entry, namespace, bytes, last use; WAL, so concurrent runs share it) knows the
+  total without walking the tree. Whether a whole set of features should be stored at all is the caller's
+  decision (`worth_storing`): a set larger than half the budget would only churn the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import HarnessError
 from harness.io import atomic_write_bytes, canonical_json, sha256_text
 from harness.paths import cache_root
 
@@ -26,10 +37,47 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Payload = "torch.Tensor | dict[str, torch.Tensor]"
 _GLOBAL = "__global__"
+STORE_DTYPES = ("fp16", "bf16", "fp32")
+LEDGER = "ledger.sqlite"
+EVICT_TO = 0.9  # evicting frees down to this share of the budget, so eviction runs rarely, not per entry
 
 
 def budget_bytes() -> int:
     return int(float(os.environ.get("HARNESS_CACHE_BUDGET_GB", "50")) * 2**30)
+
+
+def store_torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    if name not in STORE_DTYPES:
+        raise HarnessError(f"feature_dtype must be one of {', '.join(STORE_DTYPES)}, got '{name}'")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def round_to_store(payload: Payload, dtype_name: str | None) -> Payload:
+    """Features as the store keeps them: on the CPU, contiguous, in the store dtype (None: their own dtype).
+
+    fp16 holds ±65504: a finite value beyond it would become inf and silently poison a head, so it is an error
+    that names the way out (bf16 has float32's range)."""
+    import torch
+
+    dtype = store_torch_dtype(dtype_name) if dtype_name is not None else None
+
+    def one(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().to("cpu", dtype or t.dtype).contiguous()
+        if dtype == torch.float16 and not torch.isfinite(out).all() and torch.isfinite(t).all():
+            raise HarnessError(f"features exceed the fp16 range (max |value| {float(t.abs().max()):.4g} > 65504); "
+                               "store them as bf16 or fp32: --feature-dtype bf16")
+        return out
+
+    if isinstance(payload, dict):
+        return {k: one(v) for k, v in payload.items()}
+    return one(payload)
+
+
+def payload_bytes(payload: Payload) -> int:
+    tensors = payload.values() if isinstance(payload, dict) else [payload]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -49,27 +97,160 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     corrupt: int = 0
-    streamed: int = 0
+    streamed: int = 0  # computed but not stored (the set is not worth storing, or the store cannot be written)
+    evicted: int = 0
+
+
+class Ledger:
+    """Sizes and last uses of every entry under one cache root, in sqlite; the budget's bookkeeping.
+
+    Built by one walk of the tree the first time a root is used (entries written before the ledger existed
+    count too); afterwards it is updated entry by entry. When it cannot be opened the store still works, it
+    just cannot store (nothing is lost: features are then computed as they are needed).
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.conn: sqlite3.Connection | None = None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fresh = not (root / LEDGER).exists()
+            self.conn = sqlite3.connect(root / LEDGER, timeout=60, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS entries (path TEXT PRIMARY KEY, namespace TEXT, "
+                              "bytes INTEGER, used REAL)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS by_use ON entries (used)")
+            if fresh:
+                self._import_tree()
+        except (OSError, sqlite3.Error):
+            self.conn = None
+
+    def _import_tree(self) -> None:
+        assert self.conn is not None
+        rows = [(str(p.relative_to(self.root)), p.relative_to(self.root).parts[0], p.stat().st_size, p.stat().st_mtime)
+                for p in self.root.rglob("*.safetensors") if p.is_file()]
+        self.conn.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", rows)
+
+    def total(self) -> int:
+        if self.conn is None:
+            return 0
+        return int(self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM entries").fetchone()[0])
+
+    def touch(self, rel: str) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("UPDATE entries SET used = ? WHERE path = ?", (time.time(), rel))
+            except sqlite3.Error:
+                pass
+
+    def forget(self, rel: str) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("DELETE FROM entries WHERE path = ?", (rel,))
+            except sqlite3.Error:
+                pass
+
+    def admit(self, rel: str, namespace: str, size: int, budget: int) -> list[str] | None:
+        """Record a new entry of `size` bytes; return the entries to delete to keep the budget (least recently
+        used first), or None when it cannot be admitted (larger than the budget, or no ledger)."""
+        if self.conn is None or size > budget:
+            return None
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")  # one writer decides at a time: two runs never both overfill
+            total = int(self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM entries WHERE path != ?",
+                                          (rel,)).fetchone()[0])
+            victims: list[str] = []
+            if total + size > budget:
+                target = total + size - int(budget * EVICT_TO)
+                freed = 0
+                for path, nbytes in self.conn.execute(
+                        "SELECT path, bytes FROM entries WHERE path != ? ORDER BY used", (rel,)):
+                    if freed >= target:
+                        break
+                    victims.append(path)
+                    freed += nbytes
+                self.conn.executemany("DELETE FROM entries WHERE path = ?", [(v,) for v in victims])
+            self.conn.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", (rel, namespace, size, time.time()))
+            self.conn.execute("COMMIT")
+            return victims
+        except sqlite3.Error:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return None
+
+    def namespace_rows(self) -> dict[str, tuple[int, int]]:
+        """namespace → (entries, bytes)."""
+        if self.conn is None:
+            return {}
+        rows = self.conn.execute("SELECT namespace, COUNT(*), SUM(bytes) FROM entries GROUP BY namespace")
+        return {ns: (int(n), int(b)) for ns, n, b in rows}
+
+    def drop_namespace(self, namespace: str) -> None:
+        if self.conn is not None:
+            self.conn.execute("DELETE FROM entries WHERE namespace = ?", (namespace,))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+_LEDGERS: dict[str, Ledger] = {}
+
+
+def ledger_for(root: Path) -> Ledger:
+    """One ledger connection per root and process (pid-keyed: a forked child opens its own)."""
+    key = f"{os.getpid()}:{root.resolve()}"
+    if key not in _LEDGERS or _LEDGERS[key].conn is None and (root / LEDGER).exists():
+        _LEDGERS[key] = Ledger(root)
+    return _LEDGERS[key]
+
+
+def forget_ledgers() -> None:
+    """Close this process's ledger connections (tests switch HARNESS_CACHE between cases)."""
+    for ledger in _LEDGERS.values():
+        ledger.close()
+    _LEDGERS.clear()
 
 
 class FeatureCache:
-    """One namespace per (backbone fingerprint, kind)."""
+    """One namespace per (backbone fingerprint, kind, store dtype).
 
-    def __init__(self, backbone_fingerprint: dict, kind: str, root: Path | None = None):
+    `dtype` None keeps each tensor's own dtype (a backbone's internal caches, e.g. Vermouth's fp64 latents)."""
+
+    def __init__(self, backbone_fingerprint: dict, kind: str, root: Path | None = None, dtype: str | None = None):
+        if dtype is not None:
+            store_torch_dtype(dtype)  # validate the name
         self.root = Path(root) if root else cache_root() / "features"
-        self.namespace = sha256_text(canonical_json({"backbone": backbone_fingerprint, "kind": kind}))[:32]
+        ident = {"backbone": backbone_fingerprint, "kind": kind}
+        if dtype not in (None, "fp32"):  # fp32 namespaces keep the address they had before store dtypes existed
+            ident["store_dtype"] = dtype
+        self.namespace = sha256_text(canonical_json(ident))[:32]
         self.dir = self.root / self.namespace
         self.kind = kind
+        self.dtype = dtype
         self.stats = CacheStats()
-        self._size: int | None = None
+        self._verified: set[str] = set()  # entries whose checksum this object has checked once
+        self.ledger = ledger_for(self.root)
         meta = self.dir / "namespace.json"
         if not meta.exists():
-            atomic_write_bytes(meta, (canonical_json({"backbone": backbone_fingerprint, "kind": kind}) + "\n").encode())
+            atomic_write_bytes(meta, (canonical_json(ident) + "\n").encode())
 
     def path(self, image_sha: str) -> Path:
         return self.dir / image_sha[:2] / f"{image_sha}.safetensors"
 
+    def _rel(self, image_sha: str) -> str:
+        return str(self.path(image_sha).relative_to(self.root))
+
+    def contains(self, image_sha: str) -> bool:
+        """An entry exists (not verified: `get` verifies)."""
+        return self.path(image_sha).is_file()
+
     def get(self, image_sha: str) -> Payload | None:
+        """The verified entry, memory-mapped from disk, or None (missing or corrupt: to compute)."""
         from safetensors.torch import safe_open
 
         path = self.path(image_sha)
@@ -80,10 +261,14 @@ class FeatureCache:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-            if meta.get("sha256") != _digest(tensors):
-                raise ValueError("checksum mismatch")
+            if image_sha not in self._verified:
+                if meta.get("sha256") != _digest(tensors):
+                    raise ValueError("checksum mismatch")
+                self._verified.add(image_sha)
+                self.ledger.touch(self._rel(image_sha))  # once per job is enough for LRU
         except Exception:  # truncated, corrupt or foreign: recompute, never use
             path.unlink(missing_ok=True)
+            self.ledger.forget(self._rel(image_sha))
             self.stats.corrupt += 1
             self.stats.misses += 1
             return None
@@ -91,32 +276,51 @@ class FeatureCache:
         return tensors[_GLOBAL] if list(tensors) == [_GLOBAL] else tensors
 
     def put(self, image_sha: str, payload: Payload) -> bool:
-        """Store an entry unless the budget is spent (then the caller just streams); True if stored."""
+        """Store an entry (in the store dtype), evicting least recently used entries past the budget; True if
+        stored. An entry larger than the whole budget, or a store that cannot be written, is not stored."""
         from safetensors.torch import save
 
+        payload = round_to_store(payload, self.dtype)
         tensors = {_GLOBAL: payload} if not isinstance(payload, dict) else payload
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        data = save(tensors, metadata={"sha256": _digest(tensors), "kind": self.kind})
-        if self._size is None:
-            self._size = directory_size(self.root)
-        if self._size + len(data) > budget_bytes():
+        data = save(tensors, metadata={"sha256": _digest(tensors), "kind": self.kind, "dtype": str(self.dtype)})
+        rel = self._rel(image_sha)
+        victims = self.ledger.admit(rel, self.namespace, len(data), budget_bytes())
+        if victims is None:
             self.stats.streamed += 1
             return False
-        atomic_write_bytes(self.path(image_sha), data)
-        self._size += len(data)
+        for victim in victims:
+            (self.root / victim).unlink(missing_ok=True)
+        self.stats.evicted += len(victims)
+        try:
+            atomic_write_bytes(self.path(image_sha), data)
+        except OSError:
+            self.ledger.forget(rel)
+            self.stats.streamed += 1
+            return False
         return True
 
-
-    def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[Payload]]) -> list[Payload]:
-        """Every key's entry: hits read back, the misses computed together by `compute(miss_indices)` (one
-        batch, in key order) and stored. For inputs that are tensors rather than files (see `tensor_key`)."""
+    def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[Payload]],
+              store: bool = True) -> list[Payload]:
+        """Every key's entry, in the store dtype: hits read back, the misses computed together by
+        `compute(miss_indices)` (one batch, in key order) and stored when `store`. For inputs that are tensors
+        rather than files (see `tensor_key`)."""
         found = [self.get(k) for k in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         if missing:
             for i, value in zip(missing, compute(missing), strict=True):
-                self.put(keys[i], value)
+                value = round_to_store(value, self.dtype)
+                if store:
+                    self.put(keys[i], value)
+                else:
+                    self.stats.streamed += 1
                 found[i] = value
         return found
+
+
+def worth_storing(total_bytes: int) -> bool:
+    """Whether a set of features should go to the store: only when it fits in half the budget, so one large
+    set (a 50,000-image test split at 11 MB per image) does not evict everything else for a single use."""
+    return total_bytes <= budget_bytes() // 2
 
 
 def tensor_key(tensor: torch.Tensor) -> str:
@@ -135,27 +339,46 @@ def directory_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def cache_info(root: Path | None = None) -> list[dict]:
-    """One row per namespace: backbone, kind, entries, bytes."""
-    import json
+def _namespace_meta(ns: Path) -> dict:
+    try:
+        return json.loads((ns / "namespace.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
+
+def cache_info(root: Path | None = None) -> list[dict]:
+    """One row per namespace: backbone, kind, store dtype, entries, bytes (from the ledger: no tree walk)."""
     root = Path(root) if root else cache_root() / "features"
+    if not root.exists():
+        return []
+    counts = ledger_for(root).namespace_rows()
     rows = []
-    for ns in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
-        try:
-            meta = json.loads((ns / "namespace.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        files = list(ns.rglob("*.safetensors"))
+    for ns in sorted(p for p in root.glob("*") if p.is_dir()):
+        meta = _namespace_meta(ns)
         bb = meta.get("backbone", {})
+        entries, size = counts.get(ns.name, (0, 0))
         rows.append({"namespace": ns.name, "backbone": f"{bb.get('backbone', '?')}:{bb.get('variant', '?')}",
-                     "kind": meta.get("kind", "?"), "entries": len(files),
-                     "bytes": sum(f.stat().st_size for f in files)})
+                     "kind": meta.get("kind", "?"), "dtype": meta.get("store_dtype", "fp32"),
+                     "entries": entries, "bytes": size})
     return rows
 
 
-def clear_cache(root: Path | None = None) -> int:
+def clear_cache(root: Path | None = None, backbone: str | None = None) -> int:
+    """Delete the store (or only the namespaces of `backbone`, a name or name:variant); returns bytes freed."""
     root = Path(root) if root else cache_root() / "features"
-    size = directory_size(root)
-    shutil.rmtree(root, ignore_errors=True)
-    return size
+    if not root.exists():
+        return 0
+    if backbone is None:
+        size = directory_size(root)
+        forget_ledgers()
+        shutil.rmtree(root, ignore_errors=True)
+        return size
+    ledger = ledger_for(root)
+    freed = 0
+    for row in cache_info(root):
+        name, variant = row["backbone"].split(":", 1)
+        if backbone in (name, row["backbone"]):
+            freed += directory_size(root / row["namespace"])
+            shutil.rmtree(root / row["namespace"], ignore_errors=True)
+            ledger.drop_namespace(row["namespace"])
+    return freed

@@ -25,6 +25,10 @@ BACKBONES.add_lazy("dino", "backbones.dino:DINOBackbone", cards="backbones.cards
 BACKBONES.add_lazy("vermouth", "backbones.vermouth.backbone:VermouthBackbone",
                    cards="backbones.vermouth.cards:VERMOUTH",
                    description="Stable Diffusion UNet features + BLIP prompts + U-head + adapted expert")
+# `in_all=False`: a load-test stand-in, never part of `--backbone all` (harness.planner.resolve_backbones).
+BACKBONES.add_lazy("synthetic", "backbones.synthetic:SyntheticBackbone", cards="backbones.cards:SYNTHETIC",
+                   in_all=False, description="SYNTHETIC (load tests only): the real feature shapes of sd15, "
+                                             "ViT-L/14 and ResNet-50 from a cheap seeded function of the image")
 
 TASKS.add_lazy("fsc", "tasks.fsc.task:FewShotClassification",
                description="few-shot classification, CoOp 11-dataset protocol (linear probe)")

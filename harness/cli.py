@@ -27,6 +27,21 @@ AddressOption = Annotated[str | None, typer.Option(
     "--address", help="with --executor ray: auto | ray://HOST:PORT (default: start a local Ray instance)")]
 
 
+FeatureDtypeOption = Annotated[str | None, typer.Option(
+    "--feature-dtype", help="fp16 | bf16 | fp32: what heads see and the feature store keeps (default: the suite's)")]
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", min=0, help="decoding processes beside the model (default: CPUs - 1, at most 8; 0 = decode inline)")]
+
+
+def _set_workers(workers: int | None) -> None:
+    """`--workers` travels as HARNESS_WORKERS, so jobs in this process, spawned workers and Ray tasks all read it
+    (results never depend on it: the batches and their order are fixed)."""
+    import os
+
+    if workers is not None:
+        os.environ["HARNESS_WORKERS"] = str(workers)
+
+
 def _split_csv(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
@@ -37,14 +52,17 @@ def run(
     suite: Annotated[str, typer.Option(help="suite name or a suite YAML file")] = "mini",
     variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
     weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (cuda if visible)")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | fp64 (default: the suite's)")] = None,
+    feature_dtype: FeatureDtypeOption = None,
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
+    workers: WorkersOption = None,
     seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1,2,3")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="backbone feature option: KEY=VALUE (t=50)")] = None,
     resume: Annotated[bool, typer.Option(help="skip jobs whose key already finished")] = True,
-    dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="print the plan, what is missing and what it would cost (images, bytes, time); run nothing")] = False,
     skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
     shard_: Annotated[str | None, typer.Option("--shard", help="run slice I/N of the job grid (0-based)")] = None,
@@ -63,10 +81,11 @@ def run(
             raise HarnessError(f"--seeds expects integers like 1,2,3, got '{seeds}'") from None
     cfg = validate(RunConfig, {
         "suite": suite, "backbones": _split_csv(backbone), "variant": variant, "weights": weights,
-        "device": device, "dtype": dtype, "batch_size": batch_size, "seeds": seed_list,
+        "device": device, "dtype": dtype, "feature_dtype": feature_dtype, "batch_size": batch_size, "seeds": seed_list,
         "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or []),
         "resume": resume, "skip_missing": skip_missing,
         "dry_run": dry_run}, "command line")
+    _set_workers(workers)
     _plan_and_run(load_suite(cfg.suite), cfg, out_dir, shard_, executor, address)
 
 
@@ -77,7 +96,11 @@ def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_nam
     from harness.planner import parse_shard, plan, shard
 
     executor = make_executor(executor_name, address)  # a bad choice or a missing extra fails before planning
+    cfg = _resolve_device(spec, cfg)
     the_plan = plan(cfg, spec)
+    if cfg.dry_run:
+        _dry_run(the_plan, cfg, out_dir, shard_spec)
+        return
     if the_plan.missing:
         table = Table(title="datasets not prepared", show_lines=True)
         for col in ("dataset", "expected path", "how to prepare"):
@@ -90,9 +113,6 @@ def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_nam
                                "(table above); prepare them or pass --skip-missing")
     if shard_spec:
         the_plan.jobs = shard(the_plan.jobs, *parse_shard(shard_spec))
-    if cfg.dry_run:
-        _print_plan(the_plan)
-        return
     where = {"executor": executor_name, **({"address": address} if address else {})}
     _execute(spec.name, cfg, the_plan.jobs, out_dir, executor, where)
 
@@ -129,19 +149,60 @@ def sweep(
     _plan_and_run(spec, cfg, out_dir, None, executor, address)
 
 
-def _print_plan(the_plan) -> None:
+def _resolve_device(spec, cfg):
+    """`device: auto` (the suite's or --device) → cuda or cpu, said in one line, before any job key exists."""
+    from harness.planner import resolve_device
+
+    device, why = resolve_device(cfg.device or spec.device)
+    if why is None:
+        return cfg
+    err.print(why, highlight=False)
+    return cfg.model_copy(update={"device": device})
+
+
+def _dry_run(the_plan, cfg, out_dir: Path, shard_spec: str | None) -> None:
+    """The plan, one table of what is missing (weights and datasets), the cost of what would run; non-zero exit
+    only because something is missing."""
+    from harness.cost import estimate, render
+    from harness.planner import parse_shard, shard
+
+    jobs = shard(the_plan.jobs, *parse_shard(shard_spec)) if shard_spec else the_plan.jobs
+    _print_plan(the_plan, jobs)
+    if the_plan.missing_weights or the_plan.missing:
+        table = Table(title="missing (a dry run lists them; a run stops on them)", box=None, pad_edge=False,
+                      title_justify="left")
+        for col in ("missing", "name", "id", "looked for in", "how to get it"):
+            table.add_column(col, no_wrap=True)
+        for w in the_plan.missing_weights:
+            table.add_row("weights", w.needed_by, w.weights, w.looked_in, w.fetch)
+        for m in the_plan.missing:
+            table.add_row("dataset", m.name, "", str(m.path), f"harness data prepare {m.name}")
+        Console(stderr=True, width=400).print(table)  # one line per row, on a terminal and in a log file
+    print(render(estimate(the_plan, jobs, out_dir, resume=cfg.resume, skip_missing=cfg.skip_missing)))
+    n_weights = len(the_plan.missing_weights)
+    n_data = 0 if cfg.skip_missing else len(the_plan.missing)
+    if n_weights or n_data:
+        what = [f"{n_weights} weights"] if n_weights else []
+        what += [f"{n_data} dataset{'s' if n_data != 1 else ''}"] if n_data else []
+        raise HarnessError(f"dry run: {' and '.join(what)} missing; nothing ran")
+
+
+def _print_plan(the_plan, jobs=None) -> None:
+    from harness.planner import WEIGHTS_MISSING
     from harness.records import RecordStore
 
+    jobs = the_plan.jobs if jobs is None else jobs
     store = RecordStore()
-    table = Table(title=f"plan: suite '{the_plan.suite.name}', {len(the_plan.jobs)} jobs")
+    table = Table(title=f"plan: suite '{the_plan.suite.name}', {len(jobs)} jobs")
     for col in ("job key", "backbone", "options", "task", "dataset", "protocol point", "status"):
         table.add_column(col)
-    for job in the_plan.jobs:
+    for job in jobs:
         point = ", ".join(f"{k}={v}" for k, v in job.protocol.items() if k in ("shots", "seed", "head"))
         options = ", ".join(f"{k}={v}" for k, v in job.backbone.options.items())
         table.add_row(job.key[:12], f"{job.backbone.name}:{job.backbone.variant}", options,
                       f"{job.task} v{job.task_version}", job.dataset, point,
-                      "done" if store.exists(job.key) else "to run")
+                      "weights missing" if job.weights_fingerprint == WEIGHTS_MISSING
+                      else "done" if store.exists(job.key) else "to run")
     out.print(table)
 
 
@@ -184,7 +245,7 @@ def profile_cmd(
     backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
     variant: Annotated[str | None, typer.Option(help="variant (default: the backbone's)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8,32",
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda if visible)")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 | fp64")] = "fp32",
     repeats: Annotated[int, typer.Option(help="timed repeats (median and p90 reported)")] = 5,
     warmup: Annotated[int, typer.Option(help="untimed warm-up passes")] = 2,
@@ -193,12 +254,15 @@ def profile_cmd(
 ) -> None:
     """Latency, images/s, peak memory, params and FLOPs per backbone and batch size → MLflow + profiles.md."""
     from harness.config import BackboneConfig, validate
-    from harness.planner import resolve_backbones
+    from harness.planner import resolve_backbones, resolve_device
     from harness.profiler import profile
     from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
     from harness.tracking import Tracker
 
     sizes = [int(b) for b in _split_csv([batch_sizes])]
+    device, why = resolve_device(device)
+    if why:
+        err.print(why, highlight=False)
     tracker = Tracker("profiles", experiment="profiles")
     rows = []
     for name in resolve_backbones(_split_csv(backbone)):
@@ -348,27 +412,35 @@ def cache_info_cmd() -> None:
     from harness.paths import cache_root
 
     rows = cache_info()
-    table = Table(title=f"feature cache: {cache_root() / 'features'} (budget {budget_bytes() / 2**30:.1f} GiB)")
-    for col in ("namespace", "backbone", "kind", "entries", "MiB"):
+    total = sum(r["bytes"] for r in rows)
+    table = Table(title=f"feature cache: {cache_root() / 'features'} ({total / 2**30:.2f} of "
+                        f"{budget_bytes() / 2**30:.1f} GiB budget, least recently used evicted past it)")
+    for col in ("namespace", "backbone", "kind", "dtype", "entries", "MiB"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["namespace"], r["backbone"], r["kind"], str(r["entries"]), f"{r['bytes'] / 2**20:.1f}")
+        table.add_row(r["namespace"], r["backbone"], r["kind"], r["dtype"], str(r["entries"]),
+                      f"{r['bytes'] / 2**20:.1f}")
     out.print(table)
 
 
 @cache_app.command("clear")
-def cache_clear_cmd() -> None:
-    """Delete every cached feature."""
+def cache_clear_cmd(
+    backbone: Annotated[str | None, typer.Option(
+        "--backbone", "-b", help="clear only this backbone's namespaces (name, or name:variant)")] = None,
+) -> None:
+    """Delete cached features: every namespace, or one backbone's."""
     from harness.cache import clear_cache
 
-    out.print(f"cleared {clear_cache() / 2**20:.1f} MiB")
+    what = f"backbone '{backbone}'" if backbone else "everything"
+    out.print(f"cleared {clear_cache(backbone=backbone) / 2**20:.1f} MiB ({what})")
 
 
 @app.command("extract")
 def extract_cmd(
     backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
     dataset: Annotated[str, typer.Option(help="the dataset whose images are extracted (every split)")],
-    workers: Annotated[int, typer.Option(min=1, help="parallel workers (processes, or Ray tasks)")] = 1,
+    shards: Annotated[int, typer.Option(min=1, help="data-parallel model workers (processes, or Ray tasks)")] = 1,
+    workers: WorkersOption = None,
     executor: Annotated[str, typer.Option(help="processes (this machine) | ray (Ray tasks; extra 'ray')")
                         ] = "processes",
     address: Annotated[str | None, typer.Option(
@@ -381,12 +453,13 @@ def extract_cmd(
              "(default: the built-in suite that lists the dataset)")] = None,
     variant: Annotated[str | None, typer.Option(help="variant (default: the suite's, else the backbone's)")] = None,
     weights: Annotated[str | None, typer.Option(help="hub id, local file/folder, or 'random'")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (cuda if visible)")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | fp64 (default: the suite's)")] = None,
+    feature_dtype: FeatureDtypeOption = None,
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="backbone feature option: KEY=VALUE (t=50)")] = None,
     threads: Annotated[int | None, typer.Option(
-        help="torch threads per worker (default: 1 on the CPU, so the bits never depend on --workers)")] = None,
+        help="torch threads per shard (default: 1 on the CPU, so the bits never depend on --shards)")] = None,
 ) -> None:
     """Prewarm the feature cache for one dataset with data-parallel workers; a later `run` reads only hits."""
     from harness.config import parse_overrides
@@ -394,10 +467,11 @@ def extract_cmd(
 
     configs = backbone_configs(_split_csv(backbone), suite or suite_for_dataset(dataset), variant=variant,
                                weights=weights, device=device, dtype=dtype, batch_size=batch_size,
-                               options=parse_overrides(opt or []))
+                               options=parse_overrides(opt or []), feature_dtype=feature_dtype)
+    _set_workers(workers)
     for cfg in configs:
         s = extract_dataset(cfg, dataset, kinds=_split_csv(kind) or ["global"], split=_split_csv(split) or None,
-                            workers=workers, executor=executor, address=address, threads=threads)
+                            workers=shards, executor=executor, address=address, threads=threads)
         options = "".join(f" {k}={v}" for k, v in cfg.options.items())
         twins = f" (+{s.items - s.images} files with the same bytes)" if s.items > s.images else ""
         out.print(f"{s.backbone}{options} {s.dataset}: {s.images} images{twins} x {'+'.join(s.kinds)}, {s.shards} "

@@ -12,6 +12,7 @@ from harness.api import StrictModel
 from harness.errors import ConfigError
 
 Dtype = Literal["fp32", "fp16", "bf16", "fp64"]
+FeatureDtype = Literal["fp16", "bf16", "fp32"]
 
 
 class BackboneConfig(StrictModel):
@@ -22,6 +23,8 @@ class BackboneConfig(StrictModel):
     weights: str | None = None  # hub id, local file/folder, or "random"; None = the variant's default
     device: str = "cpu"
     dtype: Dtype = "fp32"
+    # What heads see and the feature store keeps: features rounded to this dtype (harness.cache).
+    feature_dtype: FeatureDtype = "fp16"
     batch_size: int = Field(32, ge=1)
     seed: int = 0  # seeds random-init weights
     options: dict[str, Any] = Field(default_factory=dict)  # backbone-specific feature options (Vermouth: t, stages)
@@ -59,6 +62,9 @@ class SuiteSpec(StrictModel):
     # Compute precision of every backbone (and of heads and the text space when `fp64`) unless --dtype says
     # otherwise: `fp64` makes the suite's numbers the same on every CPU and thread count (harness.numerics).
     dtype: Dtype = "fp32"
+    # Frozen features are rounded to this dtype before any head and stored so (half the bytes of fp32);
+    # `fp32` keeps them as computed.
+    feature_dtype: FeatureDtype = "fp16"
     batch_size: int = Field(32, ge=1)
     # Backbone feature options for every backbone of the suite, and a grid over them (a Vermouth
     # timestep x UNet-stage sweep is one suite): each grid point is its own backbone config and row.
@@ -76,6 +82,7 @@ class RunConfig(StrictModel):
     weights: str | None = None
     device: str | None = None
     dtype: Dtype | None = None  # None: the suite's
+    feature_dtype: FeatureDtype | None = None  # None: the suite's
     batch_size: int | None = None
     seeds: list[int] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)

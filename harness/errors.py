@@ -33,7 +33,16 @@ class DataMissingError(HarnessError):
 
 
 class WeightsMissingError(HarnessError):
-    """Pretrained weights that are not present locally (offline); names the id and the fetch command."""
+    """Pretrained weights that are not present locally (offline); names the id and the fetch command.
+
+    `weights`, `looked_in` and `fetch` repeat the message's parts for a table (a dry run lists what is missing);
+    None when the message is all there is (a local path that does not exist).
+    """
+
+    def __init__(self, message: str, *, weights: str | None = None, looked_in: str | None = None,
+                 fetch: str | None = None):
+        super().__init__(message)
+        self.weights, self.looked_in, self.fetch = weights, looked_in, fetch
 
 
 class PluginError(HarnessError):

@@ -1,12 +1,22 @@
-"""Frozen features per image, computed once per process and reused across seeds, shots and heads.
+"""Frozen features of a list of images, read batch by batch: memory is bounded by a batch, never by a split.
 
-Keyed by the backbone fingerprint, the dataset fingerprint and the feature kind, then by item path: a
-few-shot subset asks only for the images it does not have yet. (The persistent, content-addressed
-cache is a separate layer; this memo only avoids recomputation inside one run.)
+A `FeatureSet` names the images; it holds no features. Heads read it two ways:
+- `batches()`: consecutive rows in item order, for the test, val, query and gallery splits that flow
+  backbone → head → metric state. Misses are computed through the input pipeline (`harness.inputs`, decode in
+  worker processes overlapping the model) in fixed batches of the missing items.
+- `rows(index)`: any rows, for a trainer's shuffled mini-batches over the training set.
 
-`lookup` and `compute_missing` are the one code path that turns images into cache entries: a job's
-`_extract` and each worker of `harness.parallel_extract` both go through them, so a prewarmed entry is
-exactly what the job would have written.
+Where features come from, per image: the persistent store (`harness.cache`, content-addressed by the image
+file's sha256, remembered per file by `harness.hashindex`), else the backbone. A set is stored when it fits
+in half the store's budget (`worth_storing`): `prepare()` then extracts its misses once and the trainer reads
+mini-batches back memory-mapped ("stored"). A training set that cannot fit is recomputed mini-batch by
+mini-batch as the method's own code does ("recomputed"); a split that is only read once is computed as it
+streams ("streamed"). Whatever the mode, a head sees the same values: features rounded to the store dtype
+and returned as float32. (On the CPU, a batch-dependent backbone in fp32 gives last-bit differences between
+a feature computed in its extraction batch and one recomputed in a trainer's mini-batch; fp64 suites do not.)
+
+`lookup` and `compute_missing` are the path `harness.parallel_extract` uses, so a prewarmed entry is exactly
+what a job would have written.
 """
 
 from __future__ import annotations
@@ -15,20 +25,27 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext
-from harness.cache import FeatureCache, Payload
-from harness.io import canonical_json, sha256_text
+from harness.cache import FeatureCache, Payload, payload_bytes, round_to_store, worth_storing
 from harness.weights import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
-_MEMO: dict[tuple[str, str, str], dict[str, object]] = {}
 Todo = tuple[ImageItem, str]  # an item whose features are not cached yet, with its image file's sha256
+Rows = "torch.Tensor | dict[str, torch.Tensor]"  # [n, D], or {level: [n, C, H, W]}
 
 
 def clear_memo() -> None:
-    _MEMO.clear()
+    """Nothing to clear any more (features are never held per process); kept for callers and tests."""
+
+
+def store_dtype(backbone: Backbone) -> str:
+    return getattr(backbone.config, "feature_dtype", "fp32")
+
+
+def feature_cache(backbone: Backbone, kind: str) -> FeatureCache:
+    return FeatureCache(backbone.fingerprint(), kind, dtype=store_dtype(backbone))
 
 
 def lookup(cache: FeatureCache, dataset: ClassificationDataset, items: Sequence[ImageItem]
@@ -39,74 +56,243 @@ def lookup(cache: FeatureCache, dataset: ClassificationDataset, items: Sequence[
         yield it, sha, cache.get(sha)
 
 
-def batched(todo: Sequence[Todo], batch_size: int) -> list[list[Todo]]:
+def batched(todo: Sequence, batch_size: int) -> list[list]:
     """Consecutive chunks of `batch_size`: the batches one worker forms from a list of missing items."""
     return [list(todo[s:s + batch_size]) for s in range(0, len(todo), batch_size)]
 
 
+def _forward(backbone: Backbone, batch: torch.Tensor, kind: str, dtype: str | None) -> list[Payload]:
+    """One backbone pass → per-row payloads on the CPU, rounded to the store dtype `dtype` (each row its own
+    storage: a row never keeps its whole batch alive)."""
+    import torch
+
+    with torch.inference_mode():
+        feats = backbone.image_features(batch, kinds=(kind,))
+
+    def row(t: torch.Tensor) -> torch.Tensor:
+        out = round_to_store(t.float(), dtype)
+        return out.clone() if out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() else out
+
+    if kind == "global":
+        return [row(r) for r in feats.global_]
+    return [{k: row(v[i]) for k, v in feats.dense.items()} for i in range(len(batch))]
+
+
 def compute_missing(backbone: Backbone, dataset: ClassificationDataset, batches: Sequence[Sequence[Todo]],
-                    kind: str, cache: FeatureCache, on_batch: Callable[[int, int], None] | None = None
-                    ) -> Iterator[tuple[ImageItem, Payload]]:
-    """Run the backbone over `batches` as given, store each item's features in `cache`, yield them in order.
+                    kind: str, cache: FeatureCache, on_batch: Callable[[int, int], None] | None = None,
+                    store: bool = True) -> Iterator[tuple[ImageItem, str, Payload]]:
+    """Run the backbone over `batches` as given (decoded by the input pipeline), store each item's features in
+    `cache` when `store`, and yield them, rounded to the store dtype, in order.
 
     The caller decides the batches because some backbones' numerics depend on the batch an image is in
     (a batch of 8 and one of 24 give last-bit differences for Vermouth on the CPU): the same batches give
     the same bits. Entries are written one by one, atomically, so an interrupted pass leaves whole entries.
     """
-    import torch
+    from harness.inputs import preprocessed_batches
 
-    for b, chunk in enumerate(batches):
-        batch = backbone.preprocess([dataset.load_image(it) for it, _ in chunk])
-        with torch.inference_mode():
-            feats = backbone.image_features(batch, kinds=(kind,))
-        for i, (it, sha) in enumerate(chunk):
-            if kind == "global":
-                payload = feats.global_[i].float().cpu().clone()
+    item_batches = [[it for it, _ in chunk] for chunk in batches]
+    for b, (chunk, pixels) in enumerate(zip(batches, preprocessed_batches(backbone, dataset, item_batches),
+                                            strict=True)):
+        for (it, sha), payload in zip(chunk, _forward(backbone, pixels, kind, cache.dtype), strict=True):
+            if store:
+                cache.put(sha, payload)
             else:
-                payload = {k: v[i].float().cpu().clone() for k, v in feats.dense.items()}
-            cache.put(sha, payload)
-            yield it, payload
+                cache.stats.streamed += 1
+            yield it, sha, payload
         if on_batch is not None:
             on_batch(b + 1, len(batches))
 
 
-def _extract(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem], ctx: JobContext,
-             kind: str) -> list:
-    """Per-item features of one kind (a [D] tensor, or a dict of [C, H, W] maps), in the order of `items`.
+def stack(payloads: Sequence[Payload]) -> Rows:
+    """Per-item payloads → one float32 batch (a [n, D] tensor or a dict of [n, C, H, W] maps), written row by
+    row into one allocation (no second full-size copy)."""
+    import torch
 
-    Order of lookups: this process's memo, then the persistent cache (by image content), then the backbone.
-    """
-    fp = backbone.fingerprint()
-    memo = _MEMO.setdefault((sha256_text(canonical_json(fp)), dataset.fingerprint(), kind), {})
-    cache = FeatureCache(fp, kind)
-    todo: list[Todo] = []
-    fresh = dict((it.path, it) for it in items if it.path not in memo).values()
-    for it, sha, hit in lookup(cache, dataset, list(fresh)):
-        if hit is None:
-            todo.append((it, sha))
-        else:
-            memo[it.path] = hit
-    for it, payload in compute_missing(backbone, dataset, batched(todo, backbone.batch_size), kind, cache,
-                                       ctx.on_batch):
-        memo[it.path] = payload
-    for name in ("hits", "misses", "corrupt", "streamed"):
-        ctx.count(f"feature_cache_{name}", getattr(cache.stats, name))
-    ctx.count("images_extracted", len(todo))
-    return [memo[it.path] for it in items]
+    def one(rows: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.empty((len(rows), *rows[0].shape), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            out[i].copy_(r)
+        return out
+
+    if isinstance(payloads[0], dict):
+        return {k: one([p[k] for p in payloads]) for k in payloads[0]}
+    return one(list(payloads))
+
+
+MAX_BATCH_BYTES = 256 * 2**20  # a streamed batch of float32 rows stays below this (sd15 at 512 px: 11 rows)
+
+
+class FeatureSet:
+    """The frozen features of `items` (one kind), read in batches; see the module doc for the modes."""
+
+    def __init__(self, backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
+                 ctx: JobContext, kind: str):
+        self.backbone, self.dataset, self.items, self.ctx, self.kind = backbone, dataset, list(items), ctx, kind
+        self.cache = feature_cache(backbone, kind)
+        self.shas = [file_sha256(dataset.image_path(it)) for it in self.items]
+        self.mode = "streamed"
+        self._store: bool | None = None  # decided from the bytes per item, once known
+        self.bytes_per_item: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    # -- the store decision ------------------------------------------------------------------------------
+    def _decide(self, one: Payload) -> bool:
+        """Store the set iff all its distinct images' features fit in half the budget (known from one item)."""
+        if self._store is None:
+            self.bytes_per_item = self.bytes_per_item or payload_bytes(one)
+            self._store = worth_storing(self.bytes_per_item * len(set(self.shas)))
+        return self._store
+
+    def _missing(self) -> list[Todo]:
+        """Items without an entry, the first of each content only, in item order."""
+        seen: set[str] = set()
+        todo = []
+        for it, sha in zip(self.items, self.shas, strict=True):
+            if sha not in seen and not self.cache.contains(sha):
+                seen.add(sha)
+                todo.append((it, sha))
+        return todo
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def _read(self, sha: str) -> Payload | None:
+        return self.cache.get(sha) if self.cache.contains(sha) else None
+
+    def batches(self, batch_size: int | None = None) -> Iterator[Rows]:
+        """Consecutive rows in item order, `batch_size` (default: the backbone's) at a time."""
+        size = self.rows_per_batch(batch_size or self.backbone.batch_size)
+        todo = self._missing()
+        if not todo:
+            self.mode = "stored"  # every row read back from the store
+        pending = {sha for _, sha in todo}
+        uses: dict[str, int] = {}
+        for sha in self.shas:
+            uses[sha] = uses.get(sha, 0) + 1
+        fresh = self._compute_stream(todo)
+        buffer: dict[str, Payload] = {}  # computed, not yet handed out: about one batch of the pipeline
+        for start in range(0, len(self.items), size):
+            rows = []
+            for i in range(start, min(start + size, len(self.items))):
+                sha = self.shas[i]
+                while sha in pending and sha not in buffer:
+                    got_sha, payload = next(fresh)
+                    pending.discard(got_sha)
+                    buffer[got_sha] = payload
+                uses[sha] -= 1
+                if sha in buffer:
+                    rows.append(buffer[sha] if uses[sha] else buffer.pop(sha))
+                else:  # stored before this pass (or evicted meanwhile by another run: computed alone)
+                    hit = self._read(sha)
+                    rows.append(hit if hit is not None else self._compute_rows([i])[0])
+            yield stack(rows)
+
+    def rows_per_batch(self, wanted: int) -> int:
+        """`wanted`, capped so one batch of float32 rows stays under MAX_BATCH_BYTES (known from one item)."""
+        if not self.items:
+            return wanted
+        return max(1, min(wanted, MAX_BATCH_BYTES // max(1, 4 * self._elements_per_item())))
+
+    def _elements_per_item(self) -> int:
+        """Numbers per image: from the backbone's declared shapes, else a stored entry, else one image computed."""
+        import math
+
+        shapes = (type(self.backbone).feature_shapes(self.backbone.config) or {}).get(self.kind)
+        if shapes:
+            return sum(math.prod(shape) for shape in shapes.values())
+        stored = next((s for s in self.shas if self.cache.contains(s)), None)
+        probe = self._read(stored) if stored is not None else None
+        if probe is None:
+            probe = self._compute_rows([0])[0]
+        tensors = probe.values() if isinstance(probe, dict) else [probe]
+        return sum(t.numel() for t in tensors)
+
+    def _compute_stream(self, todo: list[Todo]) -> Iterator[tuple[str, Payload]]:
+        """Missing features, computed in fixed batches of the missing list; stored if the set is worth it."""
+        if not todo:
+            return
+        batches = batched(todo, self.backbone.batch_size)
+        for _, sha, payload in compute_missing(self.backbone, self.dataset, batches, self.kind, self.cache,
+                                               self.ctx.on_batch, store=False):
+            if self._decide(payload) and self.cache.put(sha, payload):
+                self.mode = "stored"
+            self.ctx.count("images_extracted")
+            yield sha, payload
+
+    def prepare(self) -> FeatureSet:
+        """Before training: extract and store every missing feature when the set is worth storing ("stored"),
+        else leave them to be recomputed mini-batch by mini-batch ("recomputed")."""
+        todo = self._missing()
+        if todo:
+            stored = next((s for s in self.shas if self.cache.contains(s)), None)
+            probe = self._read(stored) if stored is not None else None
+            if probe is None:  # one image alone, only to learn the size of its features
+                probe = self._compute_rows([self.items.index(todo[0][0])])[0]
+            if not self._decide(probe):
+                self.mode = "recomputed"
+                return self
+            for _ in self._compute_stream(todo):
+                pass
+        self.mode = "stored"
+        return self
+
+    def _compute_rows(self, indices: Sequence[int]) -> list[Payload]:
+        """Features of the items at `indices`, computed now (decoded here) in backbone-sized batches."""
+        out: list[Payload] = []
+        size = self.backbone.batch_size
+        for s in range(0, len(indices), size):
+            chunk = indices[s:s + size]
+            pixels = self.backbone.preprocess([self.dataset.load_image(self.items[i]) for i in chunk])
+            out += _forward(self.backbone, pixels, self.kind, self.cache.dtype)
+        self.ctx.count("images_recomputed", len(indices))
+        return out
+
+    def rows(self, index: Sequence[int] | torch.Tensor) -> Rows:
+        """The rows at `index` (any order): read from the store, the misses computed together in one batch."""
+        idx = [int(i) for i in index]
+        found: list[Payload | None] = [self._read(self.shas[i]) for i in idx]
+        missing = [n for n, p in enumerate(found) if p is None]
+        if missing:
+            for n, payload in zip(missing, self._compute_rows([idx[n] for n in missing]), strict=True):
+                found[n] = payload
+        return stack(found)  # type: ignore[arg-type]
+
+    def matrix(self) -> np.ndarray:
+        """All rows of a global-feature set as one float32 [n, D] array (few-shot train/val: small by design)."""
+        import numpy as np
+
+        if self.kind != "global":
+            raise ValueError("matrix() is for global features; dense sets are read in batches")
+        return np.concatenate([b.numpy() for b in self.batches()]) if self.items else np.zeros((0, 0), np.float32)
+
+    def finish(self) -> None:
+        """Copy this set's store counters into the job's counters."""
+        self.ctx.count("images_extracted", 0)  # present, even when everything was a hit
+        for name in ("hits", "misses", "corrupt", "streamed", "evicted"):
+            self.ctx.count(f"feature_cache_{name}", getattr(self.cache.stats, name))
+
+
+def feature_set(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem], ctx: JobContext,
+                kind: str) -> FeatureSet:
+    return FeatureSet(backbone, dataset, items, ctx, kind)
 
 
 def global_features(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
                     ctx: JobContext) -> np.ndarray:
-    """`[len(items), D]` float32 global features, in the order of `items`."""
-    import torch
-
-    return torch.stack(_extract(backbone, dataset, items, ctx, "global")).numpy()
+    """`[len(items), D]` float32 global features, in the order of `items` (a small set: the whole matrix)."""
+    fs = FeatureSet(backbone, dataset, items, ctx, "global")
+    out = fs.matrix()
+    fs.finish()
+    return out
 
 
 def dense_features(backbone: Backbone, dataset: ClassificationDataset, items: Sequence[ImageItem],
                    ctx: JobContext) -> dict[str, torch.Tensor]:
-    """`{level: [len(items), C, H, W]}` frozen dense maps, in the order of `items`."""
+    """`{level: [len(items), C, H, W]}` frozen dense maps, in the order of `items`: whole in memory, so only
+    for small sets (tests, plots); tasks read a `FeatureSet` in batches."""
     import torch
 
-    per_item = _extract(backbone, dataset, items, ctx, "dense")
-    return {k: torch.stack([d[k] for d in per_item]) for k in per_item[0]}
+    fs = FeatureSet(backbone, dataset, items, ctx, "dense")
+    parts = list(fs.batches())
+    fs.finish()
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

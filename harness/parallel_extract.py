@@ -159,7 +159,7 @@ def run_shard(shard: Shard) -> ShardResult:
     fingerprint = backbone.fingerprint()
     result = ShardResult(index=shard.index, images=len(shard.images))
     for kind in shard.kinds:
-        cache = FeatureCache(fingerprint, kind)
+        cache = FeatureCache(fingerprint, kind, dtype=shard.config.feature_dtype)
         batches = []
         for grid_batch in batched(shard.images, backbone.batch_size):  # the shard starts on a grid line
             missing = []
@@ -373,7 +373,7 @@ def suite_for_dataset(dataset_name: str) -> str:
 
 def backbone_configs(backbones: list[str], suite: str, variant: str | None = None, weights: str | None = None,
                      device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
-                     options: dict[str, Any] | None = None) -> list[BackboneConfig]:
+                     options: dict[str, Any] | None = None, feature_dtype: str | None = None) -> list[BackboneConfig]:
     """Exactly the configs `harness run --suite SUITE` builds with the same flags (planner.backbone_config),
     one per backbone and backbone-grid point, so the cache namespaces are the ones the run will read."""
     from harness.config import RunConfig, validate
@@ -383,6 +383,6 @@ def backbone_configs(backbones: list[str], suite: str, variant: str | None = Non
     spec = load_suite(suite)
     run = validate(RunConfig, {"suite": spec.name, "backbones": backbones, "variant": variant, "weights": weights,
                                "device": device, "dtype": dtype, "batch_size": batch_size,
-                               "backbone_options": options or {}}, "command line")
+                               "feature_dtype": feature_dtype, "backbone_options": options or {}}, "command line")
     return [backbone_config(name, run, spec, point) for name in resolve_backbones(run.backbones)
             for point in backbone_option_points(run, spec)]

@@ -6,8 +6,11 @@ fingerprint and the weights fingerprint. Same inputs → same key, so resume is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 from harness.api import Dataset, StrictModel
 from harness.catalog import BACKBONES, DATASETS, TASKS
 from harness.config import BackboneConfig, RunConfig, SuiteSpec, validate
-from harness.errors import ConfigError, UnknownNameError
+from harness.errors import ConfigError, UnknownNameError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.paths import data_root
 
@@ -51,10 +54,39 @@ class MissingDataset:
 
 
 @dataclass
+class MissingWeights:
+    """Weights a dry run needs and does not find: who needs them, their id, where they were looked for, how to
+    get them (the parts of the WeightsMissingError message)."""
+
+    needed_by: str  # "vermouth:sd15", or "clip:vit-l-14 (text space)"
+    weights: str
+    looked_in: str
+    fetch: str
+
+
+@dataclass
+class PlanPoint:
+    """One task x dataset x protocol point of the suite, whether or not its data is prepared (the cost model
+    prices a point whose data is missing from published split sizes)."""
+
+    task: str
+    dataset: str
+    protocol: dict[str, Any]
+    planned: bool  # every dataset it needs is prepared, so it has one job per backbone config
+
+
+@dataclass
 class Plan:
     suite: SuiteSpec
     jobs: list[Job] = field(default_factory=list)
     missing: list[MissingDataset] = field(default_factory=list)
+    backbones: list[BackboneConfig] = field(default_factory=list)
+    points: list[PlanPoint] = field(default_factory=list)
+    missing_weights: list[MissingWeights] = field(default_factory=list)  # dry runs only (a run stops instead)
+    unresolved: list[BackboneConfig] = field(default_factory=list)  # configs whose weights are missing (dry run)
+
+
+WEIGHTS_MISSING = "missing"  # the placeholder weights fingerprint of a dry run's job whose weights are absent
 
 
 def open_dataset(name: str, generate: bool = True) -> Dataset:
@@ -67,11 +99,28 @@ def open_dataset(name: str, generate: bool = True) -> Dataset:
 
 
 def resolve_backbones(names: list[str]) -> list[str]:
+    """`all` = every registered backbone whose entry does not say `in_all=False` (the `synthetic` load-test
+    backbone says so, as data in the catalog, so nothing is imported); explicit names resolve as given."""
     if names == ["all"]:
-        return BACKBONES.names()
+        return [e.name for e in BACKBONES.entries() if e.meta.get("in_all", True)]
     for name in names:
         BACKBONES.entry(name)  # raises with close matches
     return names
+
+
+def resolve_device(device: str) -> tuple[str, str | None]:
+    """`auto` → `cuda` when torch sees a CUDA device, else `cpu`, with a line saying which and why; any other
+    device as given (no line). Resolved before job keys are computed: the key holds the device that ran."""
+    if device != "auto":
+        return device, None
+    import torch
+
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return "cuda", f"device auto → cuda ({n} CUDA device{'s' if n > 1 else ''} visible: " \
+                       f"{torch.cuda.get_device_name(0)})"
+    why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device visible"
+    return "cpu", f"device auto → cpu ({why})"
 
 
 def backbone_option_points(run: RunConfig, suite: SuiteSpec) -> list[dict[str, Any]]:
@@ -87,8 +136,11 @@ def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, options: dict[s
     variant = run.variant or (suite.variant if suite.variant in cls.variants else None) or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
-    cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=run.device or suite.device,
-                         dtype=run.dtype or suite.dtype, batch_size=run.batch_size or suite.batch_size,
+    device = resolve_device(run.device or suite.device)[0]  # `auto` → what this machine has
+    cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=device,
+                         dtype=run.dtype or suite.dtype,
+                         feature_dtype=run.feature_dtype or suite.feature_dtype,
+                         batch_size=run.batch_size or suite.batch_size,
                          options=run.backbone_options if options is None else options)
     cls.validate_options(cfg)
     return cfg
@@ -125,8 +177,17 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
             cfg = backbone_config(name, run, suite, options)
             cls = BACKBONES.get(name)
             card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
-            backbones.append((cfg, cls.weights_fingerprint(cfg), card))
+            if run.dry_run:  # missing weights are listed; only this config's jobs get the placeholder
+                weights_fp = _weights_fingerprint(cls, cfg, f"{name}:{cfg.variant}", result)
+                if weights_fp is None:
+                    weights_fp = WEIGHTS_MISSING
+                    result.unresolved.append(cfg)
+            else:
+                weights_fp = cls.weights_fingerprint(cfg)
+            backbones.append((cfg, weights_fp, card))
+            result.backbones.append(cfg)
     data_fps: dict[str, str | None] = {}
+    text_spaces: dict[str, None] = {}
 
     def fingerprint_of(name: str) -> str | None:
         """The dataset's fingerprint, or None (and a row in `missing`) when it is not prepared."""
@@ -149,9 +210,12 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                 validated = validate(task.protocol_model, raw, where)
                 names = [ds_name, *task.required_datasets(validated)]
                 fps = [fingerprint_of(n) for n in names]  # every one, so `missing` lists them all
+                protocol = validated.model_dump(mode="json")
+                if isinstance(protocol.get("text_space"), str):
+                    text_spaces[protocol["text_space"]] = None
+                result.points.append(PlanPoint(entry.task, ds_name, protocol, planned=None not in fps))
                 if any(fp is None for fp in fps):
                     continue
-                protocol = validated.model_dump(mode="json")
                 data_fp = fps[0] if len(fps) == 1 else sha256_text(canonical_json(dict(zip(names, fps, strict=True))))
                 for cfg, weights_fp, card_fp in backbones:
                     result.jobs.append(Job(
@@ -160,7 +224,54 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                         data_fingerprint=data_fp, weights_fingerprint=weights_fp, card_fingerprint=card_fp))
     order = {cfg: i for i, (cfg, _, _) in enumerate(backbones)}
     result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
+    if run.dry_run:  # a run finds a missing text tower when a job builds it; a dry run lists it up front
+        for spec in text_spaces:
+            _check_text_space(spec, result)
     return result
+
+
+@contextlib.contextmanager
+def _no_downloads() -> Iterator[None]:
+    """HF_HUB_OFFLINE for the block: a dry run looks for weights in the local cache and never fetches them."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _missing_weights(needed_by: str, spec: str, exc: WeightsMissingError) -> MissingWeights:
+    fetch = exc.fetch or "give an existing file or folder with --weights (or 'random' for a smoke test)"
+    if exc.fetch and os.environ.get("HF_HUB_OFFLINE", "").upper() not in {"1", "ON", "YES", "TRUE"}:
+        fetch += " (a run that is not a dry run downloads it itself)"
+    return MissingWeights(needed_by, exc.weights or spec, exc.looked_in or str(exc), fetch)
+
+
+def _weights_fingerprint(cls: Any, cfg: BackboneConfig, needed_by: str, result: Plan) -> str | None:
+    """A dry run's weights fingerprint (looked up in the local cache only), or None with a row in
+    `missing_weights`."""
+    try:
+        with _no_downloads():
+            return cls.weights_fingerprint(cfg)
+    except WeightsMissingError as exc:  # the environment is restored here: the note reads the user's setting
+        result.missing_weights.append(_missing_weights(needed_by, cfg.weights or cls.variants[cfg.variant].weights,
+                                                       exc))
+        return None
+
+
+def _check_text_space(spec: str, result: Plan) -> None:
+    """A row in `missing_weights` when the weights of text space `spec` (`<backbone>:<variant>`) are absent."""
+    name, _, variant = spec.partition(":")
+    if name not in BACKBONES.names():
+        return  # a bad spec is the job's error, with its own message
+    cls = BACKBONES.get(name)
+    if variant not in cls.variants:
+        return
+    _weights_fingerprint(cls, BackboneConfig(name=name, variant=variant), f"{spec} (text space)", result)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import WeightsMissingError
-from harness.io import sha256_file
 
 DEFAULT_FILENAMES: tuple[str, ...] = (
     "model.safetensors",
@@ -26,9 +25,6 @@ DEFAULT_FILENAMES: tuple[str, ...] = (
 )
 _CONFIG_PATTERNS: tuple[str, ...] = ("config.json", "open_clip_config.json")
 _PATH_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-# (resolved path, size, mtime_ns) -> sha256 hex: hashing a 100 MB checkpoint once per process is enough.
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -63,13 +59,10 @@ def hf_offline() -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so unchanged files are hashed once."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = sha256_file(path)
-    return _SHA_CACHE[key]
+    """sha256 of a file, remembered across runs by (path, size, mtime) (`harness.hashindex`)."""
+    from harness.hashindex import file_sha256_cached
+
+    return file_sha256_cached(path)
 
 
 def _first_present(folder: Path, filenames: Sequence[str]) -> Path | None:
@@ -85,12 +78,15 @@ def _parse_hub_id(spec: str) -> tuple[str, str | None]:
 
 def _missing(repo_id: str, revision: str | None, cache: Path, why: str) -> WeightsMissingError:
     rev = f" --revision {revision}" if revision else ""
+    fetch = f"`hf download {repo_id}{rev}` where there is network, then copy that HF cache here; or --weights PATH"
     return WeightsMissingError(
         f"weights '{repo_id}'{f'@{revision}' if revision else ''} are not available locally ({why}); "
         f"looked in the Hugging Face cache {cache} (HF_HUB_CACHE / HF_HOME). To fetch them, run "
         f"`hf download {repo_id}{rev}` on a machine with network access and copy its HF cache "
         f"(~/.cache/huggingface/hub) to {cache}, or pass a local file or directory with --weights. "
-        f"The harness never falls back to random weights."
+        f"The harness never falls back to random weights.",
+        weights=f"{repo_id}{f'@{revision}' if revision else ''}",
+        looked_in=f"{cache} (HF_HUB_CACHE / HF_HOME)", fetch=fetch,
     )
 
 

@@ -8,7 +8,9 @@ divided by a temperature (0.2 in the method); cross-entropy; AdamW. Only the nec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,14 @@ from torch import nn
 from harness.numerics import seeded_init
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
+# A tensor, a dense dict, or a `harness.features.FeatureSet` (read mini-batch by mini-batch, never whole).
+Source = Any
 
 
-def take(inputs: Inputs, index: torch.Tensor) -> Inputs:
-    """Rows of a feature tensor, or of every map of a dense dict."""
+def take(inputs: Source, index: torch.Tensor) -> Inputs:
+    """Rows of a feature tensor, of every map of a dense dict, or of a FeatureSet (read or computed now)."""
+    if hasattr(inputs, "rows"):
+        return inputs.rows(index)
     if isinstance(inputs, dict):
         return {k: v[index] for k, v in inputs.items()}
     return inputs[index]
@@ -33,8 +39,18 @@ def cast(inputs: Inputs, dtype: torch.dtype) -> Inputs:
     return inputs.to(dtype)
 
 
-def num_rows(inputs: Inputs) -> int:
+def num_rows(inputs: Source) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def in_batches(inputs: Source, batch_size: int) -> Iterator[Inputs]:
+    """Consecutive row batches: a FeatureSet streams them (computing misses through the input pipeline)."""
+    if hasattr(inputs, "batches"):
+        yield from inputs.batches(batch_size)
+        return
+    n = num_rows(inputs)
+    for s in range(0, n, batch_size):
+        yield take(inputs, torch.arange(s, min(s + batch_size, n)))
 
 
 class CosineTextClassifier(nn.Module):
@@ -58,12 +74,13 @@ class CosineTextClassifier(nn.Module):
         return self.embedding(inputs) @ F.normalize(self.classes, dim=-1).T / self.temperature
 
 
-def build_embedder(neck: nn.Module | None, sample: Inputs, text_dim: int) -> nn.Module:
-    """The neck (plus a linear map when its width is not the text width), or a linear projection."""
+def build_embedder(neck: nn.Module | None, first: Inputs, text_dim: int) -> nn.Module:
+    """The neck (plus a linear map when its width is not the text width), or a linear projection; `first` is a
+    batch of a row or two, to read the widths off."""
     if neck is None:
-        return nn.Linear(sample.shape[1], text_dim)
+        return nn.Linear(first.shape[1], text_dim)
     with torch.no_grad():
-        width = neck(take(sample, torch.arange(min(2, num_rows(sample))))).shape[1]
+        width = neck(first).shape[1]
     return neck if width == text_dim else nn.Sequential(neck, nn.Linear(width, text_dim))
 
 
@@ -79,17 +96,21 @@ class TrainSettings:
     dtype: torch.dtype = torch.float32  # float64 for `fp64` jobs (harness.numerics.head_dtype)
 
 
-def train_text_classifier(inputs: Inputs, labels: torch.Tensor, class_embeddings: torch.Tensor,
+def train_text_classifier(inputs: Source, labels: torch.Tensor, class_embeddings: torch.Tensor,
                           neck: nn.Module | None, settings: TrainSettings) -> tuple[CosineTextClassifier, list[float]]:
     """Train with a seeded init and a seeded shuffle; returns the model and the mean loss per epoch."""
+    first = take(inputs, torch.arange(min(2, num_rows(inputs))))  # read (or computed) outside the seeded init
     with seeded_init(settings.seed):
-        model = CosineTextClassifier(build_embedder(neck, inputs, class_embeddings.shape[1]),
+        model = CosineTextClassifier(build_embedder(neck, first, class_embeddings.shape[1]),
                                      class_embeddings, settings.temperature)
     model = model.to(settings.dtype)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
                             weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     n = num_rows(inputs)
+    # Rows per forward pass: a whole mini-batch unless its features are too big to hold at once (a FeatureSet of
+    # sd15 maps at 512 px: 11 rows); then its gradient is accumulated over micro-batches (same loss, same step).
+    micro = inputs.rows_per_batch(settings.batch_size) if hasattr(inputs, "rows_per_batch") else settings.batch_size
     history = []
     model.train()
     for _ in range(settings.epochs):
@@ -97,18 +118,25 @@ def train_text_classifier(inputs: Inputs, labels: torch.Tensor, class_embeddings
         total = 0.0
         for start in range(0, n, settings.batch_size):
             idx = order[start:start + settings.batch_size]
-            loss = F.cross_entropy(model(take(inputs, idx)), labels[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(idx) <= micro:
+                loss = F.cross_entropy(model(take(inputs, idx)), labels[idx])
+                loss.backward()
+                batch_loss = loss.item()
+            else:
+                batch_loss = 0.0
+                for sub in idx.split(micro):
+                    part = F.cross_entropy(model(take(inputs, sub)), labels[sub], reduction="sum") / len(idx)
+                    part.backward()
+                    batch_loss += part.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
-            total += loss.item() * len(idx)
+            total += batch_loss * len(idx)
         history.append(total / n)
     return model.eval(), history
 
 
 @torch.no_grad()
-def predict(model: CosineTextClassifier, inputs: Inputs, batch_size: int = 256) -> torch.Tensor:
-    n = num_rows(inputs)
-    return torch.cat([model(take(inputs, torch.arange(s, min(s + batch_size, n)))).argmax(1)
-                      for s in range(0, n, batch_size)])
+def predict(model: CosineTextClassifier, inputs: Source, batch_size: int = 256) -> torch.Tensor:
+    """Class predictions, batch by batch: only the predictions are kept."""
+    return torch.cat([model(batch).argmax(1) for batch in in_batches(inputs, batch_size)])

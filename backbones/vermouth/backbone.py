@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from backbones.common import check_kinds, compute_context, freeze, torch_dtype, weights_dtype
+from backbones.common import check_kinds, compute_context, freeze, square_crop_pixels, torch_dtype, weights_dtype
 from backbones.vermouth.cards import VERMOUTH
 from backbones.vermouth.components import (
     SDParts,
@@ -32,8 +31,9 @@ from backbones.vermouth.expert import ExpertFusion, ExpertTrunk
 from backbones.vermouth.neck import VermouthNeck
 from backbones.vermouth.options import VermouthOptions, resolve_options
 from backbones.vermouth.prompts import BlipCaptioner, PromptSource, TextEncoder
+from backbones.vermouth.shapes import feature_shapes as vermouth_shapes
 from backbones.vermouth.uhead import DenseUHead, UHead
-from harness.api import Backbone, Features
+from harness.api import Backbone, Features, FeatureShapes
 from harness.cache import FeatureCache
 from harness.catalog import register_backbone
 from harness.numerics import seeded_init, to_float32
@@ -146,6 +146,16 @@ class VermouthBackbone(Backbone):
         _options(cls, config, {})
 
     @classmethod
+    def feature_shapes(cls, config: BackboneConfig) -> FeatureShapes:
+        """Levels (and expert taps) from the card's component configs and the options; no weights needed."""
+        card = cls.variants[config.variant or cls.default_variant]
+        return vermouth_shapes(card.arch, _options(cls, config, {}))
+
+    @classmethod
+    def has_neck(cls, config: BackboneConfig) -> bool:
+        return True  # the U-head (+ expert adapters), always
+
+    @classmethod
     def weights_fingerprint(cls, config: BackboneConfig) -> str:
         """Pipeline weights (+ expert, + captioner when used) without building anything (for job keys)."""
         card = cls.variants[config.variant or cls.default_variant]
@@ -181,19 +191,7 @@ class VermouthBackbone(Backbone):
     # -- features ------------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Short side → resolution (bicubic), center crop, [-1, 1] (mean = std = 0.5), as the method's tasks."""
-        size = self.options.resolution
-        out = []
-        for im in images:
-            im = im if im.mode == "RGB" else im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
-            out.append(arr / 127.5 - 1.0)
-        return torch.stack(out)
+        return torch.stack([square_crop_pixels(im, self.options.resolution) / 127.5 - 1.0 for im in images])
 
     def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
         """One VAE + text + UNet pass for any mix of kinds; fp32 on the CPU whatever the compute dtype."""

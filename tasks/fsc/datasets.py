@@ -28,6 +28,9 @@ class FewShotDataset(ClassificationDataset):
     split_file: ClassVar[str] = ""  # the file that defines the splits (the first one when there are several)
     class_file: ClassVar[str] = ""  # a separate class-name file, when the format has one
     templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)  # CoOp's CUSTOM_TEMPLATES
+    # Published split sizes and class count (protocols.md §A.1, CoOp Table 1): the cost of a plan whose data is
+    # not prepared yet (harness.cost). No "val" entry: the few-shot val is drawn from the test split (ImageNet).
+    n_classes: ClassVar[int | None] = None
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -138,6 +141,9 @@ class ImageNet(FewShotDataset):
 
     name = "imagenet"
     folder = "imagenet"
+    # train: ILSVRC-2012's 1,281,167 images (protocols.md rounds to 1.28M); no val: it is the test split
+    published_sizes = {"train": 1_281_167, "test": 50_000}
+    n_classes = 1000
     image_dir = "images"
     class_file = "classnames.txt"
     prepare_hint = (
@@ -190,6 +196,8 @@ class ImageNet(FewShotDataset):
 class Caltech101(SplitJsonDataset):
     name = "caltech101"
     folder = "caltech-101"
+    published_sizes = {"train": 4_128, "val": 1_649, "test": 2_465}
+    n_classes = 100
     image_dir = "101_ObjectCategories"
     split_file = "split_zhou_Caltech101.json"
     prepare_hint = (
@@ -206,6 +214,8 @@ class Caltech101(SplitJsonDataset):
 class OxfordPets(SplitJsonDataset):
     name = "oxford_pets"
     folder = "oxford_pets"
+    published_sizes = {"train": 2_944, "val": 736, "test": 3_669}
+    n_classes = 37
     image_dir = "images"
     split_file = "split_zhou_OxfordPets.json"
     prepare_hint = (
@@ -223,6 +233,8 @@ class OxfordPets(SplitJsonDataset):
 class StanfordCars(SplitJsonDataset):
     name = "stanford_cars"
     folder = "stanford_cars"
+    published_sizes = {"train": 6_509, "val": 1_635, "test": 8_041}
+    n_classes = 196
     image_dir = ""  # split paths start with cars_train/ or cars_test/
     split_file = "split_zhou_StanfordCars.json"
     prepare_hint = (
@@ -240,6 +252,8 @@ class StanfordCars(SplitJsonDataset):
 class OxfordFlowers(SplitJsonDataset):
     name = "oxford_flowers"
     folder = "oxford_flowers"
+    published_sizes = {"train": 4_093, "val": 1_633, "test": 2_463}
+    n_classes = 102
     image_dir = "jpg"
     split_file = "split_zhou_OxfordFlowers.json"
     prepare_hint = (
@@ -256,6 +270,8 @@ class OxfordFlowers(SplitJsonDataset):
 class Food101(SplitJsonDataset):
     name = "food101"
     folder = "food-101"
+    published_sizes = {"train": 50_500, "val": 20_200, "test": 30_300}
+    n_classes = 101
     image_dir = "images"
     split_file = "split_zhou_Food101.json"
     prepare_hint = (
@@ -274,6 +290,8 @@ class FGVCAircraft(FewShotDataset):
 
     name = "fgvc_aircraft"
     folder = "fgvc_aircraft"
+    published_sizes = {"train": 3_334, "val": 3_333, "test": 3_333}
+    n_classes = 100
     image_dir = "images"
     split_file = "images_variant_train.txt"
     class_file = "variants.txt"
@@ -318,6 +336,8 @@ class FGVCAircraft(FewShotDataset):
 class SUN397(SplitJsonDataset):
     name = "sun397"
     folder = "sun397"
+    published_sizes = {"train": 15_880, "val": 3_970, "test": 19_850}
+    n_classes = 397
     image_dir = "SUN397"
     split_file = "split_zhou_SUN397.json"
     prepare_hint = (
@@ -335,6 +355,8 @@ class SUN397(SplitJsonDataset):
 class DTD(SplitJsonDataset):
     name = "dtd"
     folder = "dtd"
+    published_sizes = {"train": 2_820, "val": 1_128, "test": 1_692}
+    n_classes = 47
     image_dir = "images"
     split_file = "split_zhou_DescribableTextures.json"
     prepare_hint = (
@@ -351,6 +373,8 @@ class DTD(SplitJsonDataset):
 class EuroSAT(SplitJsonDataset):
     name = "eurosat"
     folder = "eurosat"
+    published_sizes = {"train": 13_500, "val": 5_400, "test": 8_100}
+    n_classes = 10
     image_dir = "2750"
     split_file = "split_zhou_EuroSAT.json"
     prepare_hint = (
@@ -366,6 +390,8 @@ class EuroSAT(SplitJsonDataset):
 class UCF101(SplitJsonDataset):
     name = "ucf101"
     folder = "ucf101"
+    published_sizes = {"train": 7_639, "val": 1_898, "test": 3_783}
+    n_classes = 101
     image_dir = "UCF-101-midframes"
     split_file = "split_zhou_UCF101.json"
     prepare_hint = (

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, ItemSE, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
-from harness.features import dense_features, global_features
+from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from harness.paths import harness_home
 from tasks.fsc.linear_probe import l2_normalise, search_c
@@ -88,15 +88,21 @@ class FewShotClassification(Task):
 
     @staticmethod
     def _linear_probe(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
-        feats = {k: l2_normalise(global_features(backbone, dataset, items, ctx)) for k, items in parts.items()}
+        sets = {k: FeatureSet(backbone, dataset, items, ctx, "global") for k, items in parts.items()}
+        feats = {k: l2_normalise(sets[k].matrix()) for k in ("train", "val")}  # few-shot: small by design
         y = {k: labels_of(items) for k, items in parts.items()}
         probe = search_c(feats["train"], y["train"], feats["val"], y["val"], protocol.c_grid,
                          protocol.c_search_steps, protocol.max_iter, protocol.tol)
-        top1 = float((probe.model.predict(feats["test"]) == y["test"]).mean() * 100)
+        # The test split streams: only its predictions are kept.
+        pred = np.concatenate([probe.model.predict(l2_normalise(b.numpy())) for b in sets["test"].batches(256)])
+        top1 = float((pred == y["test"]).mean() * 100)
+        for fs in sets.values():
+            fs.finish()
         return ({"top1": top1, "val_top1": probe.val_accuracy * 100},
                 {"c": probe.c, "feature_dim": int(feats["train"].shape[1]),
                  "lbfgs_iterations": int(np.max(probe.model.n_iter_)),  # = max_iter: stopped, not converged
-                 "converged": bool(np.max(probe.model.n_iter_) < protocol.max_iter)})
+                 "converged": bool(np.max(probe.model.n_iter_) < protocol.max_iter),
+                 "feature_modes": {k: fs.mode for k, fs in sets.items()}})
 
     @staticmethod
     def _text_classifier(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
@@ -108,17 +114,19 @@ class FewShotClassification(Task):
         space = text_space(protocol.text_space, dtype=text_precision(backbone))
         classes = space.class_embeddings(dataset.classnames(), getattr(dataset, "templates", ("a photo of a {}.",)))
         neck = backbone.neck()
-        if neck is not None:
-            inputs = {k: dense_features(backbone, dataset, items, ctx) for k, items in parts.items()}
-        else:
-            inputs = {k: torch.from_numpy(global_features(backbone, dataset, items, ctx)) for k, items in parts.items()}
+        kind = "dense" if neck is not None else "global"
+        inputs = {k: FeatureSet(backbone, dataset, items, ctx, kind) for k, items in parts.items()}
+        inputs["train"].prepare()  # stored when it fits the store's budget, else recomputed per mini-batch
         y = {k: torch.from_numpy(labels_of(items)) for k, items in parts.items()}
         settings = TrainSettings(epochs=protocol.epochs, batch_size=protocol.train_batch_size, lr=protocol.lr,
                                  weight_decay=protocol.weight_decay, temperature=protocol.temperature,
                                  grad_clip=protocol.grad_clip, seed=protocol.seed, dtype=head_dtype(backbone))
         model, losses = train_text_classifier(inputs["train"], y["train"], classes, neck, settings)
         acc = {k: float((predict(model, inputs[k]) == y[k]).float().mean() * 100) for k in ("val", "test")}
+        for fs in inputs.values():
+            fs.finish()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return ({"top1": acc["test"], "val_top1": acc["val"], "final_loss": losses[-1]},
                 {"text_space": space.spec, "text_space_fingerprint": space.fingerprint,
-                 "uses_neck": neck is not None, "trainable_params": trainable, "loss_per_epoch": losses})
+                 "uses_neck": neck is not None, "trainable_params": trainable, "loss_per_epoch": losses,
+                 "feature_modes": {k: fs.mode for k, fs in inputs.items()}})

@@ -51,6 +51,7 @@ class SegmentationDataset(Dataset):
     n_classes: ClassVar[int | None] = None  # the vocabulary's expected length, checked when read
     shift_labels: ClassVar[bool] = False  # raw ADE-150 maps: 0 = "other", 1..150 → uint8 (x - 1), 0 wraps to 255
     drop_all_ignore: ClassVar[bool] = False  # VOC-20: images whose label is entirely ignore are not scored
+    # Images of the set (harness.cost, before the data is there); one split per reader, named by its role.
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -196,6 +197,7 @@ class CocoStuff171(SegmentationDataset):
     """COCO-Stuff-171 train2017: labels 0..170 (prepare_coco_stuff.py), 255 ignore."""
 
     name = "coco_stuff_171"
+    published_sizes = {"train": 118_287}  # COCO 2017 train images (not in protocols.md)
     folder = "coco-stuff"
     image_dir = "images/train2017"
     label_dir = "annotations_detectron2/train2017"
@@ -214,6 +216,7 @@ class ADE150(SegmentationDataset):
     """ADEChallengeData2016 validation: raw maps (0 = other, 1..150) shifted on read to 0..149, 255 ignore."""
 
     name = "ade150"
+    published_sizes = {"val": 2_000}  # protocols.md C.1
     folder = "ADEChallengeData2016"
     image_dir = "images/validation"
     label_dir = "annotations/validation"
@@ -233,6 +236,7 @@ class ADE847(SegmentationDataset):
     """ADE20K-full validation as prepare_ade20k_847.py writes it: uint16 TIFF trainIds 0..846, 65535 ignore."""
 
     name = "ade847"
+    published_sizes = {"val": 2_000}  # the ADE20K validation images, prepared
     folder = "ADE20K_2021_17_01"
     image_dir = "images_detectron2/validation"
     label_dir = "annotations_detectron2/validation"
@@ -268,6 +272,7 @@ class PascalContext59(_PascalContext):
     """PASCAL-Context-59 val: background and non-59 pixels are 255 (ignored); no background class."""
 
     name = "pc59"
+    published_sizes = {"val": 5_104}  # CAT-Seg's pascalcontext_val.txt (protocols.md C.1)
     label_dir = "annotations_detectron2/pc59_val"
     vocab_file = "pc59.json"
     n_classes = 59
@@ -278,6 +283,7 @@ class PascalContext459(_PascalContext):
     """PASCAL-Context-459 val: TIFF LabelMap − 1 (0..458); ignore 459 as CAT-Seg registers it (SAN: 65535)."""
 
     name = "pc459"
+    published_sizes = {"val": 5_104}  # the same val images as PC-59
     label_dir = "annotations_detectron2/pc459_val"
     label_ext = ".tif"
     ignore_index = 459
@@ -291,6 +297,7 @@ class PascalVOC20(SegmentationDataset):
     """VOC2012 val without background: 0 → 255, 1..20 → 0..19; all-ignore images are not scored."""
 
     name = "voc20"
+    published_sizes = {"val": 1_449}  # ImageSets/Segmentation/val.txt (protocols.md C.1)
     folder = "VOCdevkit/VOC2012"
     image_dir = "JPEGImages"
     label_dir = "annotations_detectron2/val"

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.api import Backbone, JobContext, Result, StrictModel, Task
+from harness.cache import worth_storing
 from harness.catalog import register_task
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_bytes, canonical_json, sha256_text
@@ -240,18 +241,21 @@ def head_device(backbone: Backbone):
     return torch.device(backbone.config.device)
 
 
-def dense_of(backbone: Backbone, x, device=None, ctx: JobContext | None = None, counter: str = "ovss_inputs") -> dict:
+def dense_of(backbone: Backbone, x, device=None, ctx: JobContext | None = None, counter: str = "ovss_inputs",
+             store: bool = True) -> dict:
     """The backbone's frozen dense maps for a normalised batch [B, 3, H, W], moved to `device` when given.
 
     Crops and windows are not files, so they go through the persistent feature cache by the content of the
     input tensor: a view seen in any earlier run (another seed, another test set) is read back, the rest
-    run through the backbone in one batch. Counted as `<counter>_extracted` / `<counter>_cached`.
+    run through the backbone in one batch and stored when `store` (the caller decides whether its views are
+    worth storing, `harness.cache.worth_storing`). Maps come back in the store dtype, as stored ones would.
+    Counted as `<counter>_extracted` / `<counter>_cached`.
     """
     import torch
 
     from harness.cache import FeatureCache, tensor_key
 
-    cache = FeatureCache(backbone.fingerprint(), "dense:input")
+    cache = FeatureCache(backbone.fingerprint(), "dense:input", dtype=getattr(backbone.config, "feature_dtype", "fp32"))
 
     def compute(miss: list[int]) -> list[dict]:
         with torch.inference_mode():
@@ -259,7 +263,7 @@ def dense_of(backbone: Backbone, x, device=None, ctx: JobContext | None = None, 
         return [{k: v[n].clone(memory_format=torch.contiguous_format) for k, v in dense.items()}
                 for n in range(len(miss))]
 
-    rows = cache.fetch([tensor_key(row) for row in x], compute)
+    rows = cache.fetch([tensor_key(row) for row in x], compute, store=store)
     if ctx is not None:
         ctx.count(f"{counter}_extracted", cache.stats.misses)
         ctx.count(f"{counter}_cached", cache.stats.hits)
@@ -346,9 +350,15 @@ def train_head(head, backbone: Backbone, train_ds, text, protocol: OVSSProtocol,
     opt = torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - it / protocol.iterations) ** 0.9)
     repeatable = protocol.train_scale[0] == protocol.train_scale[1] and not protocol.flip
+    # The views are stored only when all of them fit in half the store's budget (a real training run draws
+    # 320k random crops: storing them would only churn the store; the trained head itself is what is reused).
+    probe = dense_of(backbone, norm(torch.full((1, 3, protocol.crop_size, protocol.crop_size), 0.5)), store=False)
+    per_view = sum(v[0].numel() * v.element_size() for v in probe.values())
+    store_views = worth_storing(per_view * protocol.iterations * protocol.batch_size)
     memo: dict[tuple, dict] = {}
     memo_bytes = 0
     losses: list[float] = []
+    ctx.counters["ovss_train_views_stored"] = int(store_views)
     head.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(protocol.seed)
@@ -369,7 +379,7 @@ def train_head(head, backbone: Backbone, train_ds, text, protocol: OVSSProtocol,
                     todo.append((j, key))
                     crops.append(img)
             if crops:
-                dense = dense_of(backbone, norm(torch.stack(crops)), device, ctx, "ovss_train_views")
+                dense = dense_of(backbone, norm(torch.stack(crops)), device, ctx, "ovss_train_views", store_views)
                 for n, (j, key) in enumerate(todo):
                     one = {k: v[n:n + 1].clone() for k, v in dense.items()}
                     feats[j] = one
@@ -393,6 +403,17 @@ def train_head(head, backbone: Backbone, train_ds, text, protocol: OVSSProtocol,
     return losses
 
 
+def windows_per_image(protocol: OVSSProtocol) -> int:
+    """Backbone inputs per test image, for the store estimate: 1 (whole), or the windows of a square slide
+    (+1 global view); a non-square slide is estimated as the square one."""
+    if protocol.eval_style != "slide" or not protocol.slide_crop or not protocol.slide_stride:
+        return 1
+    from tasks.ovss.inference import window_starts
+
+    per_axis = len(window_starts(protocol.short_side, protocol.slide_crop, protocol.slide_stride))
+    return per_axis * per_axis + int(bool(protocol.slide_global))
+
+
 def score(head, backbone: Backbone, dataset, text, protocol: OVSSProtocol, norm: Normaliser, ctx: JobContext):
     """Predict every test image at its original size and accumulate one confusion matrix."""
     from tasks.ovss.inference import predict_logits
@@ -404,9 +425,15 @@ def score(head, backbone: Backbone, dataset, text, protocol: OVSSProtocol, norm:
     skipped = 0
 
     device = head_device(backbone)
+    store: list[bool] = []  # decided from the first input: all test inputs must fit in half the store's budget
 
     def fn(x):
-        return head(dense_of(backbone, x, device, ctx, "ovss_test_inputs"), text)
+        if not store:
+            probe = dense_of(backbone, x[:1], store=False)
+            per_input = sum(v[0].numel() * v.element_size() for v in probe.values())
+            store.append(worth_storing(per_input * len(x) * len(items) * windows_per_image(protocol)))
+            ctx.counters["ovss_test_inputs_stored"] = int(store[0])
+        return head(dense_of(backbone, x, device, ctx, "ovss_test_inputs", store[0]), text)
 
     for i, item in enumerate(items):
         image, labels = dataset.load(item)

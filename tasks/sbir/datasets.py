@@ -51,6 +51,8 @@ class SBIRDataset(ClassificationDataset):
     photo_list: ClassVar[str]
     unseen_classes: ClassVar[tuple[str, ...]]  # the published unseen class list (protocols.md §B.1)
     published_counts: ClassVar[tuple[int, int] | None] = None  # (query sketches, gallery photos) in the _zero lists
+    # Images per list (harness.cost, before the data is there): the _zero lists as counted above; a train list
+    # only where protocols.md gives its length (left out: unknown).
     templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
 
     def __init__(self, root: Path):
@@ -236,6 +238,7 @@ class Sketchy25(_Sketchy):
                       "parrot", "windmill", "teddy_bear", "tree", "wine_bottle", "deer", "chicken", "airplane",
                       "wheelchair", "tank", "umbrella", "butterfly", "camel", "horse", "bell")
     published_counts = (15229, 17101)
+    published_sizes = {"sketch_zero": 15229, "photo_zero": 17101}
 
 
 @register_dataset("sketchy_21")
@@ -247,6 +250,7 @@ class Sketchy21(_Sketchy):
                       "rhinoceros", "saw", "scissors", "seagull", "skyscraper", "songbird", "sword", "tree",
                       "wheelchair", "windmill", "window")
     published_counts = (12694, 12553)
+    published_sizes = {"sketch_zero": 12694, "photo_zero": 12553}
 
 
 @register_dataset("tuberlin_30")
@@ -263,6 +267,7 @@ class TUBerlin30(SBIRDataset):
                       "ant", "t-shirt", "trombone", "windmill", "snowboard", "table", "rollerblades", "parachute",
                       "space shuttle", "bridge", "frying-pan", "bread", "horse")
     published_counts = (2400, 27989)
+    published_sizes = {"sketch_zero": 2400, "photo_zero": 27989, "sketch_train": 15400}
     prepare_hint = (
         f"{_SOURCES}\nLayout (protocols.md §B.1):\n"
         "  $HARNESS_DATA/TUBerlin/png_ready/<class>/<n>.png\n"
@@ -286,6 +291,7 @@ class QuickDraw30(SBIRDataset):
                       "fire_hydrant", "bread", "beach", "megaphone", "cactus", "zebra", "tiger", "shark", "frog",
                       "banana", "cake", "hamburger", "fan")
     published_counts = (92291, 54151)
+    published_sizes = {"sketch_zero": 92291, "photo_zero": 54151}
     prepare_hint = (
         f"{_SOURCES}\nLayout (protocols.md §B.1):\n"
         "  $HARNESS_DATA/QuickDraw/sketches/<class>/<googleid>.png\n"

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from harness.api import Backbone, ImageItem, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
 from harness.errors import ConfigError, HarnessError
-from harness.features import dense_features, global_features
+from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from tasks.sbir.datasets import SBIRDataset, normalise_name
 from tasks.sbir.grid import pick_queries, render_grid
@@ -101,7 +101,7 @@ class ZeroShotSBIR(Task):
         import torch
 
         from harness.text_space import text_space
-        from tasks.text_head import TrainSettings, take, train_text_classifier
+        from tasks.text_head import TrainSettings, in_batches, train_text_classifier
 
         if not isinstance(dataset, SBIRDataset):
             raise ConfigError(f"task 'sbir' needs an SBIR dataset, got '{dataset.name}'")
@@ -115,12 +115,14 @@ class ZeroShotSBIR(Task):
         anchors = space.class_embeddings(seen, templates)  # seen classes only: the unseen names never train
         neck = self._neck(backbone, protocol.seed)
 
-        def features(items: list[ImageItem]):
-            if neck is not None:
-                return dense_features(backbone, dataset, items, ctx)
-            return torch.from_numpy(global_features(backbone, dataset, items, ctx))
+        kind = "dense" if neck is not None else "global"
+        sets: dict[str, FeatureSet] = {}
 
-        x_train = features(train)
+        def features(role: str, items: list[ImageItem]) -> FeatureSet:
+            sets[role] = FeatureSet(backbone, dataset, items, ctx, kind)
+            return sets[role]
+
+        x_train = features("train", train).prepare()  # stored when it fits the budget, else recomputed
         y_train = torch.tensor([it.label for it in train])
         assert int(y_train.max()) < len(seen), "a training label is outside the seen classes"
         settings = TrainSettings(epochs=protocol.epochs, batch_size=protocol.train_batch_size, lr=protocol.lr,
@@ -131,16 +133,17 @@ class ZeroShotSBIR(Task):
         del x_train
 
         @torch.no_grad()
-        def embed(items: list[ImageItem], batch: int = 256) -> np.ndarray:
-            x = features(items)
-            n = len(items)
-            # L2-normalised in the head's dtype (float64 for `fp64` jobs), so scores are computed at that precision
-            return torch.cat([model.embedding(take(x, torch.arange(s, min(s + batch, n)))) for s in range(0, n, batch)
-                              ]).numpy()
+        def embed(role: str, items: list[ImageItem], batch: int = 256) -> np.ndarray:
+            """Embeddings only (D numbers per image): the frozen features stream through the trained embedder.
+            L2-normalised in the head's dtype (float64 for `fp64` jobs), so scores are computed at that precision."""
+            return torch.cat([model.embedding(x) for x in in_batches(features(role, items), batch)]).numpy()
 
         q_labels = np.array([it.label for it in queries])
         g_labels = np.array([it.label for it in gallery])
-        summary, per_query, top = cosine_retrieval(embed(queries), embed(gallery), q_labels, g_labels)
+        summary, per_query, top = cosine_retrieval(embed("queries", queries), embed("gallery", gallery),
+                                                   q_labels, g_labels)
+        for fs in sets.values():
+            fs.finish()
 
         rows = pick_queries(len(queries), protocol.n_qualitative)
         artifacts = {}
@@ -160,6 +163,7 @@ class ZeroShotSBIR(Task):
             "split_dir": dataset.split_dir(), "templates": templates, "scale": protocol.scale,
             "text_space": space.spec, "text_space_fingerprint": space.fingerprint, "uses_neck": neck is not None,
             "trainable_params": trainable, "loss_per_epoch": losses,
+            "feature_modes": {role: fs.mode for role, fs in sets.items()},
             "ap_all_per_class": per_class,
             "metric_notes": "in %; map_all/map_200 = VOC-interpolated AP (SAKE/ZSE-SBIR), map_200 strict "
                             "denominator min(200, R); p_K = hits in top K / K; query-averaged except "

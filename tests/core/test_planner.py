@@ -104,3 +104,54 @@ def test_suite_backbone_grid_is_one_config_per_point(tmp_path):
         (0, "L0"), (0, "['L1', 'L2']"), (100, "L0"), (100, "['L1', 'L2']")]
     assert len({j.key for j in p.jobs}) == len(p.jobs) == 8
     assert isinstance(SuiteSpec.model_validate(spec.model_dump()), SuiteSpec)
+
+
+def test_dry_run_lists_missing_weights_and_keeps_the_other_keys(monkeypatch):
+    """A dry run plans a backbone whose weights are absent (placeholder fingerprint, a row in missing_weights);
+    the other backbones' job keys are those of a real run. A real run still stops on the missing weights."""
+    from harness.catalog import BACKBONES
+    from harness.errors import WeightsMissingError
+    from harness.planner import WEIGHTS_MISSING
+
+    def absent(cls, config):
+        raise WeightsMissingError("weights 'org/dino' are not available locally", weights="org/dino",
+                                  looked_in="/hf", fetch="`hf download org/dino`")
+
+    monkeypatch.setattr(BACKBONES.get("dino"), "weights_fingerprint", classmethod(absent))
+    dry = make_plan(backbones=["resnet", "dino"], dry_run=True)
+    assert [(m.needed_by, m.weights, m.looked_in) for m in dry.missing_weights] == [("dino:tiny", "org/dino", "/hf")]
+    assert {j.weights_fingerprint for j in dry.jobs if j.backbone.name == "dino"} == {WEIGHTS_MISSING}
+    assert [j.key for j in dry.jobs if j.backbone.name == "resnet"] == [j.key for j in make_plan().jobs]
+    assert [c.name for c in dry.unresolved] == ["dino"]
+    with pytest.raises(WeightsMissingError, match="org/dino"):
+        make_plan(backbones=["resnet", "dino"])
+
+
+def test_plan_points_include_those_whose_data_is_missing():
+    run = RunConfig(suite="all", backbones=["resnet"], variant="tiny")
+    p = plan(run, load_suite("all"))
+    assert len(p.points) == 11 * 2 * 5 * 3 + 4 * 3 + 5 * 2 and not any(pt.planned for pt in p.points)
+    assert {pt.task for pt in p.points} == {"fsc", "sbir", "ovss"}
+    assert all(pt.planned for pt in make_plan().points)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_device_auto_resolves_before_job_keys(monkeypatch, cuda):
+    import torch
+
+    from harness.planner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Fake GPU")
+    device, why = resolve_device("auto")
+    assert device == ("cuda" if cuda else "cpu") and why.startswith(f"device auto → {device} (")
+    assert resolve_device("cuda:1") == ("cuda:1", None)
+    auto = make_plan(device="auto")
+    assert {j.backbone.device for j in auto.jobs} == {device}
+    assert [j.key for j in auto.jobs] == [j.key for j in make_plan(device=device).jobs]
+
+
+def test_all_suite_device_is_auto_and_mini_stays_on_the_cpu():
+    assert load_suite("all").device == "auto"
+    assert load_suite("mini").device == "cpu"

@@ -118,3 +118,47 @@ def test_mini_suite_end_to_end_resume_and_leaderboard(tmp_path):
     for path in (other / "home" / "records").glob("*.json"):
         rec = json.loads(path.read_text())
         assert rec["metrics"] == recs[rec["job_key"]]["metrics"]
+
+
+def total_row(stdout: str) -> list[str]:
+    """The cells of the dry run's cost total: backbone, task, dataset, images, bytes, time, note."""
+    line = next(line for line in stdout.splitlines() if line.startswith("| total "))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_dry_run_of_the_real_suite_prices_it_without_data_or_weights(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "empty-hf"), "COLUMNS": "250"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--backbone", "vermouth", "--suite", "all",
+                           "--dry-run"], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "error: dry run: 2 weights and 21 datasets missing; nothing ran"
+    assert lines[0].startswith("device auto → ")  # the `all` suite's device, resolved once
+    for text in ("vermouth:sd15", "runwayml/stable-diffusion-v1-5", "clip:vit-l-14 (text space)",
+                 "hf download", "caltech101", "coco_stuff_171", "harness data prepare ade150"):
+        assert text in proc.stderr, text
+    assert proc.stdout.index("plan: suite 'all'") < proc.stdout.index("| total ")
+    _, _, _, images, stored, seconds, _ = total_row(proc.stdout)
+    # protocols.md's published sizes (tests/core/test_cost.py sums them per dataset): FSC test splits + few-shot
+    # train/val draws over 5 shots x 3 seeds 305,343; SBIR _zero lists + TU-Berlin's sketch train list 249,808;
+    # OVSS COCO-Stuff train + ADE-150/847, PC-59 (= PC-459 images), VOC-20 128,840. SBIR train lists: unknown.
+    assert images == f"≤ {305_343 + 249_808 + 128_840:,} + ?"
+    assert stored.endswith(" TiB + ?") and seconds == "unknown"
+    assert not (tmp_path / "home" / "records").exists()
+
+
+def test_mini_dry_run_exits_zero_and_prices_what_the_cache_does_not_hold(tmp_path):
+    from e2e_helpers import fsc_entry, write_suite
+
+    suite = str(write_suite(tmp_path / "one.yaml", "one", [fsc_entry([1], [1])]))
+    first = harness("run", "-b", "resnet", "--suite", suite, "--device", "auto", "--dry-run")
+    assert "device auto → " in first.stderr
+    # mini_coop: 12 classes x (1 train shot + min(1, 4) val shot) + 12 x 40 test images, none cached yet
+    assert total_row(first.stdout)[3] == f"{12 * 1 + 12 * 1 + 12 * 40:,}"
+    assert total_row(first.stdout)[4] == "24.0 KiB"  # 24 stored few-shot images x 512 fp16 values (resnet10t)
+    harness("run", "-b", "resnet", "--suite", suite, "--device", "auto")
+    again = harness("run", "-b", "resnet", "--suite", suite, "--device", "auto", "--dry-run")
+    assert "0 job(s) to run (1 finished, skipped)" in again.stdout and total_row(again.stdout)[3] == "0"
+    harness("extract", "-b", "resnet", "--dataset", "mini_coop", "--suite", suite, "--device", "auto")
+    rerun = harness("run", "-b", "resnet", "--suite", suite, "--device", "auto", "--dry-run", "--no-resume")
+    assert total_row(rerun.stdout)[3] == "0" and "504 image(s) already cached" in rerun.stdout

@@ -20,15 +20,16 @@ from tasks.fsc.task import FewShotClassification, FSCProtocol
 def backbone():
     from backbones.resnet import ResNetBackbone
 
-    return ResNetBackbone(BackboneConfig(name="resnet", variant="tiny", batch_size=64))
+    return ResNetBackbone(BackboneConfig(name="resnet", variant="tiny", batch_size=64, feature_dtype="fp32"))
 
 
-def direct_features(backbone, dataset, items) -> np.ndarray:
-    """Independent of harness.features: timm's model called directly, L2-normalised by hand in float64 (the
-    precision the probe fits in)."""
+def direct_features(backbone, dataset, items, store_dtype=torch.float32) -> np.ndarray:
+    """Independent of harness.features: timm's model called directly, rounded to the store dtype, L2-normalised
+    by hand in float64 (the precision the probe fits in)."""
     batch = backbone.preprocess([dataset.load_image(it) for it in items])
     with torch.no_grad():
-        feats = backbone.model.forward_head(backbone.model.forward_features(batch), pre_logits=True).double().numpy()
+        feats = backbone.model.forward_head(backbone.model.forward_features(batch), pre_logits=True)
+    feats = feats.to(store_dtype).double().numpy()
     return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
 
@@ -79,3 +80,21 @@ def test_support_never_holds_a_test_image_and_is_class_balanced(backbone, tmp_pa
             counts = np.bincount([it.label for it in fewshot["train"]], minlength=12)
             assert (counts == shots).all()
             assert (np.bincount([it.label for it in fewshot["val"]], minlength=12) == min(shots, 4)).all()
+
+
+def test_fp16_store_rounds_the_features_every_head_sees(tmp_path):
+    """The default store dtype (fp16): the probe fits on features rounded to fp16, stored or streamed alike."""
+    from backbones.resnet import ResNetBackbone
+
+    bb = ResNetBackbone(BackboneConfig(name="resnet", variant="tiny", batch_size=64))
+    assert bb.config.feature_dtype == "fp16"
+    dataset = open_dataset("mini_coop")
+    result = FewShotClassification().evaluate(bb, dataset, FSCProtocol(shots=2, seed=1), JobContext(tmp_path))
+    splits = dataset.splits()
+    fewshot = load_or_create_fewshot(dataset.name, dataset.fingerprint(), splits["train"], splits["val"], 2, 1,
+                                     harness_home())
+    x_tr, x_te = (direct_features(bb, dataset, items, torch.float16) for items in (fewshot["train"], splits["test"]))
+    y_tr, y_te = (np.array([it.label for it in items]) for items in (fewshot["train"], splits["test"]))
+    clf = LogisticRegression(C=result.details["c"], max_iter=1000).fit(x_tr, y_tr)
+    assert result.metrics["top1"] == pytest.approx(100 * accuracy_score(y_te, clf.predict(x_te)), abs=1e-9)
+    assert result.details["feature_modes"] == {"train": "stored", "val": "stored", "test": "stored"}

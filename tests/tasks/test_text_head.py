@@ -56,3 +56,34 @@ def test_protocol_keeps_only_the_chosen_heads_keys():
     tc = FSCProtocol.model_validate({"head": "text-classifier", "shots": 4, "c_grid": [1.0], "epochs": 7})
     assert tc.c_grid is None and tc.epochs == 7 and tc.lr == pytest.approx(1e-4) and tc.temperature == 0.2
     assert FSCProtocol.model_validate({"head": "linear-probe", "epochs": 7}) == FSCProtocol(head="linear-probe")
+
+
+class SmallBatches:
+    """A feature source that can hold only `micro` rows at once (as a FeatureSet of big dense maps)."""
+
+    def __init__(self, x, micro):
+        self.x, self.micro, self.largest = x, micro, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def rows_per_batch(self, wanted):
+        return min(wanted, self.micro)
+
+    def rows(self, index):
+        self.largest = max(self.largest, len(index))
+        return self.x[index]
+
+
+def test_micro_batches_accumulate_the_same_step_as_the_whole_mini_batch():
+    """Gradient accumulation over micro-batches of 5 = one step on the 16-row mini-batch (float64, to 1e-12)."""
+    x, y = separable()
+    x = x.double()
+    text = torch.nn.functional.normalize(torch.randn(4, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    settings = TrainSettings(**{**SETTINGS.__dict__, "epochs": 5, "dtype": torch.float64})
+    whole, losses = train_text_classifier(x, y, text, None, settings)
+    source = SmallBatches(x, micro=5)
+    micro, micro_losses = train_text_classifier(source, y, text, None, settings)
+    assert source.largest == 5
+    torch.testing.assert_close(micro.embed.weight, whole.embed.weight, rtol=0, atol=1e-12)
+    assert micro_losses == pytest.approx(losses, abs=1e-12)
