@@ -65,6 +65,7 @@ def round_to_store(payload: Payload, dtype_name: str | None) -> Payload:
 
     def one(t: torch.Tensor) -> torch.Tensor:
         out = t.detach().to("cpu", dtype or t.dtype).contiguous()
+        # One scan in the common case: only a non-finite fp16 result needs the input looked at.
         if dtype == torch.float16 and not torch.isfinite(out).all() and torch.isfinite(t).all():
             raise HarnessError(f"features exceed the fp16 range (max |value| {float(t.abs().max()):.4g} > 65504); "
                                "store them as bf16 or fp32: --feature-dtype bf16")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext
-from harness.cache import FeatureCache, Payload, payload_bytes, round_to_store, worth_storing
+from harness.cache import FeatureCache, Payload, round_to_store, worth_storing
 from harness.weights import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,9 +95,7 @@ def compute_missing(backbone: Backbone, dataset: ClassificationDataset, batches:
                                             strict=True)):
         for (it, sha), payload in zip(chunk, _forward(backbone, pixels, kind, cache.dtype), strict=True):
             if store:
-                cache.put(sha, payload)
-            else:
-                cache.stats.streamed += 1
+                cache.put(sha, payload)  # a put that cannot store counts itself as streamed
             yield it, sha, payload
         if on_batch is not None:
             on_batch(b + 1, len(batches))
@@ -132,17 +130,16 @@ class FeatureSet:
         self.shas = [file_sha256(dataset.image_path(it)) for it in self.items]
         self.mode = "streamed"
         self._store: bool | None = None  # decided from the bytes per item, once known
-        self.bytes_per_item: int | None = None
+        self._elements: int | None = None  # numbers per image's features
 
     def __len__(self) -> int:
         return len(self.items)
 
     # -- the store decision ------------------------------------------------------------------------------
-    def _decide(self, one: Payload) -> bool:
-        """Store the set iff all its distinct images' features fit in half the budget (known from one item)."""
+    def _decide(self) -> bool:
+        """Store the set iff all its distinct images' features fit in half the budget."""
         if self._store is None:
-            self.bytes_per_item = self.bytes_per_item or payload_bytes(one)
-            self._store = worth_storing(self.bytes_per_item * len(set(self.shas)))
+            self._store = worth_storing(self._bytes_per_item() * len(set(self.shas)))
         return self._store
 
     def _missing(self) -> list[Todo]:
@@ -197,15 +194,21 @@ class FeatureSet:
         """Numbers per image: from the backbone's declared shapes, else a stored entry, else one image computed."""
         import math
 
-        shapes = (type(self.backbone).feature_shapes(self.backbone.config) or {}).get(self.kind)
-        if shapes:
-            return sum(math.prod(shape) for shape in shapes.values())
-        stored = next((s for s in self.shas if self.cache.contains(s)), None)
-        probe = self._read(stored) if stored is not None else None
-        if probe is None:
-            probe = self._compute_rows([0])[0]
-        tensors = probe.values() if isinstance(probe, dict) else [probe]
-        return sum(t.numel() for t in tensors)
+        if self._elements is None:
+            shapes = (type(self.backbone).feature_shapes(self.backbone.config) or {}).get(self.kind)
+            if shapes:
+                self._elements = sum(math.prod(shape) for shape in shapes.values())
+            else:
+                stored = next((s for s in self.shas if self.cache.contains(s)), None)
+                probe = self._read(stored) if stored is not None else None
+                if probe is None:  # one image alone, only to learn the size of its features
+                    probe = self._compute_rows([0])[0]
+                self._elements = sum(t.numel() for t in (probe.values() if isinstance(probe, dict) else [probe]))
+        return self._elements
+
+    def _bytes_per_item(self) -> int:
+        """Bytes of one image's features in the store dtype (float32 when the store keeps the computed dtype)."""
+        return self._elements_per_item() * {"fp16": 2, "bf16": 2}.get(str(self.cache.dtype), 4)
 
     def _compute_stream(self, todo: list[Todo]) -> Iterator[tuple[str, Payload]]:
         """Missing features, computed in fixed batches of the missing list; stored if the set is worth it."""
@@ -214,7 +217,9 @@ class FeatureSet:
         batches = batched(todo, self.backbone.batch_size)
         for _, sha, payload in compute_missing(self.backbone, self.dataset, batches, self.kind, self.cache,
                                                self.ctx.on_batch, store=False):
-            if self._decide(payload) and self.cache.put(sha, payload):
+            if not self._decide():
+                self.cache.stats.streamed += 1
+            elif self.cache.put(sha, payload):
                 self.mode = "stored"
             self.ctx.count("images_extracted")
             yield sha, payload
@@ -224,11 +229,7 @@ class FeatureSet:
         else leave them to be recomputed mini-batch by mini-batch ("recomputed")."""
         todo = self._missing()
         if todo:
-            stored = next((s for s in self.shas if self.cache.contains(s)), None)
-            probe = self._read(stored) if stored is not None else None
-            if probe is None:  # one image alone, only to learn the size of its features
-                probe = self._compute_rows([self.items.index(todo[0][0])])[0]
-            if not self._decide(probe):
+            if not self._decide():
                 self.mode = "recomputed"
                 return self
             for _ in self._compute_stream(todo):

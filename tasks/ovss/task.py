@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.api import Backbone, JobContext, Result, StrictModel, Task
-from harness.cache import worth_storing
+from harness.cache import payload_bytes, worth_storing
 from harness.catalog import register_task
 from harness.errors import ConfigError, HarnessError
 from harness.io import atomic_write_bytes, canonical_json, sha256_text
@@ -353,7 +353,7 @@ def train_head(head, backbone: Backbone, train_ds, text, protocol: OVSSProtocol,
     # The views are stored only when all of them fit in half the store's budget (a real training run draws
     # 320k random crops: storing them would only churn the store; the trained head itself is what is reused).
     probe = dense_of(backbone, norm(torch.full((1, 3, protocol.crop_size, protocol.crop_size), 0.5)), store=False)
-    per_view = sum(v[0].numel() * v.element_size() for v in probe.values())
+    per_view = payload_bytes({k: v[0] for k, v in probe.items()})
     store_views = worth_storing(per_view * protocol.iterations * protocol.batch_size)
     memo: dict[tuple, dict] = {}
     memo_bytes = 0
@@ -430,7 +430,7 @@ def score(head, backbone: Backbone, dataset, text, protocol: OVSSProtocol, norm:
     def fn(x):
         if not store:
             probe = dense_of(backbone, x[:1], store=False)
-            per_input = sum(v[0].numel() * v.element_size() for v in probe.values())
+            per_input = payload_bytes({k: v[0] for k, v in probe.items()})
             store.append(worth_storing(per_input * len(x) * len(items) * windows_per_image(protocol)))
             ctx.counters["ovss_test_inputs_stored"] = int(store[0])
         return head(dense_of(backbone, x, device, ctx, "ovss_test_inputs", store[0]), text)
