@@ -67,11 +67,16 @@ def level_shapes(levels: Sequence[dict[str, Any]], height: int, width: int) -> d
     return {lv["name"]: (lv["channels"], grid_size(height, lv), grid_size(width, lv)) for lv in levels}
 
 
-def cell_stats(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, 3, H, W] float64 on the input grid → [B, 6, h, w]: per cell the mean of each channel and of its
-    square, on the input grid. The window sums are exact in float64, so the pooling order does not matter."""
-    pooled = F.adaptive_avg_pool2d(torch.cat([x, x * x], dim=1), size)
-    return quantise(pooled, INPUT_STEP)
+def moments(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] float64 on the input grid → [B, 6, H, W]: each channel and its square (computed once per
+    batch, pooled per level)."""
+    return torch.cat([x, x * x], dim=1)
+
+
+def cell_stats(xx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`moments` [B, 6, H, W] → [B, 6, h, w]: per cell the mean of each channel and of its square, on the
+    input grid. The window sums are exact in float64, so the pooling order does not matter."""
+    return quantise(F.adaptive_avg_pool2d(xx, size), INPUT_STEP)
 
 
 class SyntheticProjections(nn.Module):
@@ -193,9 +198,14 @@ class SyntheticBackbone(Backbone):
         want_levels = "dense" in kinds or ("global" in kinds and self.global_levels)
         with compute_context(self.device, self.config.dtype):
             with torch.autocast(self.device.type, enabled=False):  # statistics stay exact float64
-                x = quantise(batch.to(self.device, torch.float64).contiguous(), INPUT_STEP)
-                stats = {lv["name"]: cell_stats(x, (grid_size(height, lv), grid_size(width, lv)))
-                         for lv in self.levels} if want_levels else {}
+                xx = moments(quantise(batch.to(self.device, torch.float64).contiguous(), INPUT_STEP))
+                by_grid: dict[tuple[int, int], torch.Tensor] = {}  # levels of one grid share their statistics
+                stats = {}
+                for lv in self.levels if want_levels else ():
+                    size = (grid_size(height, lv), grid_size(width, lv))
+                    if size not in by_grid:
+                        by_grid[size] = cell_stats(xx, size)
+                    stats[lv["name"]] = by_grid[size]
             levels = {k: self.model.project(k, s) for k, s in stats.items()}
             out = Features()
             if "global" in kinds:
@@ -206,7 +216,7 @@ class SyntheticBackbone(Backbone):
                     out.global_ = to_float32(torch.cat(pooled, dim=1)).cpu()
                 else:
                     with torch.autocast(self.device.type, enabled=False):
-                        whole = cell_stats(x, (1, 1))
+                        whole = cell_stats(xx, (1, 1))
                     out.global_ = to_float32(self.model.project("global", whole).flatten(1)).cpu()
             if "dense" in kinds:
                 out.dense = {k: to_float32(v).cpu() for k, v in levels.items()}

@@ -29,15 +29,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_ROOT, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def _clean_memo():
-    from harness.features import clear_memo
-
-    clear_memo()
-    yield
-    clear_memo()
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if LINES:
         terminalreporter.section("benchmark ratios")

@@ -14,7 +14,7 @@ linear-probe` (16 shots, the 4,800-d global feature). What the 2 GiB store can h
 text-classifier's 1,600-image support set (4.4 GB) is recomputed per mini-batch, its val (400 images, 1.1 GB)
 and test splits stream; the probe's global features are small (9.6 KB per image), so all its sets are stored.
 
-Read from each run record: `memory.process_peak_rss_mb` (the job's process; the decode worker is a separate
+Read from each run record: `memory.peak_rss_mb` (the job's own peak in its process; the decode worker is a separate
 process and not in it), `details.feature_modes`, the counters; the store's size on disk after the run
 (`HARNESS_CACHE/features`, and the ledger's total, what `harness cache info` sums). Asserted: peak RSS 4×/1×
 ≤ 1.2 per head; the store ≤ 2 GiB; the text-classifier's test split "streamed" at both scales.
@@ -111,7 +111,7 @@ def test_memory_is_flat_in_test_size(benchmark, tmp_path):
     for (head, scale), run in runs.items():
         rec, h = run["record"], head.split("-")[0]  # "text" / "linear"
         values.update({f"{h}_{scale}_n_test": rec["details"]["n_test"],
-                       f"{h}_{scale}_rss_mb": rec["memory"]["process_peak_rss_mb"],
+                       f"{h}_{scale}_rss_mb": rec["memory"]["peak_rss_mb"],
                        f"{h}_{scale}_store_bytes": run["store_bytes"],
                        f"{h}_{scale}_ledger_bytes": run["ledger_bytes"],
                        f"{h}_{scale}_wall_s": run["wall_s"], f"{h}_{scale}_job_s": rec["timings"]["total_s"],
@@ -119,8 +119,8 @@ def test_memory_is_flat_in_test_size(benchmark, tmp_path):
                        f"{h}_{scale}_modes": ",".join(f"{k}={v}" for k, v in rec["details"]["feature_modes"].items()),
                        f"{h}_{scale}_extracted": rec["counters"].get("images_extracted", 0),
                        f"{h}_{scale}_recomputed": rec["counters"].get("images_recomputed", 0)})
-    ratios = {head: runs[head, "x4"]["record"]["memory"]["process_peak_rss_mb"]
-              / runs[head, "x1"]["record"]["memory"]["process_peak_rss_mb"] for head in HEADS}
+    ratios = {head: runs[head, "x4"]["record"]["memory"]["peak_rss_mb"]
+              / runs[head, "x1"]["record"]["memory"]["peak_rss_mb"] for head in HEADS}
     first = runs["linear-probe", "x1"]["record"]["details"]
     report(benchmark, f"scale simulation, {BACKBONE}:{VARIANT} fsc 16-shot on {DATASET} layout, 1x vs 4x test",
            n_train=first["n_train"], n_val=first["n_val"], budget_gb=BUDGET_GB, **values,

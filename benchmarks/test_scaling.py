@@ -47,7 +47,7 @@ def test_cost_is_linear_in_data(benchmark, tmp_path, monkeypatch):
     from harness.api import JobContext
     from harness.catalog import BACKBONES, TASKS
     from harness.config import BackboneConfig
-    from harness.features import clear_memo, global_features
+    from harness.features import global_features
     from harness.planner import open_dataset
 
     backbone = BACKBONES.get("vermouth")(BackboneConfig(name="vermouth", variant="tiny", device="cpu", batch_size=32))
@@ -60,7 +60,6 @@ def test_cost_is_linear_in_data(benchmark, tmp_path, monkeypatch):
         monkeypatch.setenv("HARNESS_DATA", str(root / "data"))
         monkeypatch.setenv("HARNESS_HOME", str(root / f"home-{tag}"))
         monkeypatch.setenv("HARNESS_CACHE", str(root / f"cache-{tag}"))
-        clear_memo()
         dataset = open_dataset("mini_coop", generate=False)
         protocol = task.protocol_model.model_validate({"shots": SHOTS, "seed": 1, "head": "linear-probe"})
         ctx = JobContext(root / f"work-{tag}", None)

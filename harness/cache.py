@@ -102,6 +102,20 @@ class CacheStats:
     evicted: int = 0
 
 
+# The entries, and their total kept by triggers in the same transaction as every insert or delete (the budget
+# check of each put reads one row instead of summing the table). Existing ledgers gain the total on open.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries (path TEXT PRIMARY KEY, namespace TEXT, bytes INTEGER, used REAL)",
+    "CREATE INDEX IF NOT EXISTS by_use ON entries (used)",
+    "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO totals SELECT 0, COALESCE(SUM(bytes), 0) FROM entries",
+    "CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries "
+    "BEGIN UPDATE totals SET bytes = bytes + NEW.bytes WHERE id = 0; END",
+    "CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries "
+    "BEGIN UPDATE totals SET bytes = bytes - OLD.bytes WHERE id = 0; END",
+)
+
+
 class Ledger:
     """Sizes and last uses of every entry under one cache root, in sqlite; the budget's bookkeeping.
 
@@ -119,11 +133,13 @@ class Ledger:
             self.conn = sqlite3.connect(root / LEDGER, timeout=60, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("CREATE TABLE IF NOT EXISTS entries (path TEXT PRIMARY KEY, namespace TEXT, "
-                              "bytes INTEGER, used REAL)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS by_use ON entries (used)")
+            self.conn.execute("PRAGMA recursive_triggers=ON")  # a REPLACE's implicit delete keeps the total
+            self.conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:  # one transaction: no writer sees entries without their total
+                self.conn.execute(statement)
             if fresh:
                 self._import_tree()
+            self.conn.execute("COMMIT")
         except (OSError, sqlite3.Error):
             self.conn = None
 
@@ -134,9 +150,10 @@ class Ledger:
         self.conn.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", rows)
 
     def total(self) -> int:
+        """Bytes of all entries: one row kept by triggers, so a put costs the same at 100 or 100,000 entries."""
         if self.conn is None:
             return 0
-        return int(self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM entries").fetchone()[0])
+        return int(self.conn.execute("SELECT bytes FROM totals WHERE id = 0").fetchone()[0])
 
     def touch(self, rel: str) -> None:
         if self.conn is not None:
@@ -159,20 +176,20 @@ class Ledger:
             return None
         try:
             self.conn.execute("BEGIN IMMEDIATE")  # one writer decides at a time: two runs never both overfill
-            total = int(self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM entries WHERE path != ?",
-                                          (rel,)).fetchone()[0])
+            self.conn.execute("DELETE FROM entries WHERE path = ?", (rel,))  # a rewrite replaces its old size
+            total = self.total()
             victims: list[str] = []
             if total + size > budget:
                 target = total + size - int(budget * EVICT_TO)
                 freed = 0
                 for path, nbytes in self.conn.execute(
-                        "SELECT path, bytes FROM entries WHERE path != ? ORDER BY used", (rel,)):
+                        "SELECT path, bytes FROM entries ORDER BY used"):
                     if freed >= target:
                         break
                     victims.append(path)
                     freed += nbytes
                 self.conn.executemany("DELETE FROM entries WHERE path = ?", [(v,) for v in victims])
-            self.conn.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", (rel, namespace, size, time.time()))
+            self.conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?)", (rel, namespace, size, time.time()))
             self.conn.execute("COMMIT")
             return victims
         except sqlite3.Error:
@@ -293,7 +310,7 @@ class FeatureCache:
             (self.root / victim).unlink(missing_ok=True)
         self.stats.evicted += len(victims)
         try:
-            atomic_write_bytes(self.path(image_sha), data)
+            atomic_write_bytes(self.path(image_sha), data, durable=False)  # checksummed: a torn file is recomputed
         except OSError:
             self.ledger.forget(rel)
             self.stats.streamed += 1

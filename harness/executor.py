@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import abc
 import math
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from harness.api import Backbone, JobContext
 from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
 from harness.errors import ConfigError, UnknownNameError
+from harness.memory import mark_peak, peak_rss_mb
 from harness.planner import Job, open_dataset
 from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
 from harness.tracking import Tracker, TrackerUnavailable, scratch_dir, warn
@@ -49,12 +48,6 @@ class RunSummary:
 
 def build_backbone(config: BackboneConfig) -> Backbone:
     return BACKBONES.get(config.name)(config)
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak resident set so far (ru_maxrss: bytes on macOS, KiB on Linux)."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10
 
 
 def _cuda_peak_mb(device: str) -> float | None:
@@ -75,6 +68,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    rss_scope = mark_peak()  # this job's peak, not an earlier job's
     start = time.perf_counter()
     ctx = JobContext(workdir, on_batch)
     result = task_cls().evaluate(backbone, dataset, protocol, ctx)
@@ -100,7 +94,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         "details": result.details,
         "timings": {"total_s": round(elapsed, 3)},
         "counters": ctx.counters,
-        "memory": {"process_peak_rss_mb": round(_peak_rss_mb(), 1),
+        "memory": {"peak_rss_mb": round(peak_rss_mb(), 1), "rss_scope": rss_scope,
                    "cuda_peak_allocated_mb": _cuda_peak_mb(job.backbone.device)},
         "environment": environment(job.backbone.device),
         "finished_at": now_iso(),

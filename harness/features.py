@@ -36,10 +36,6 @@ Todo = tuple[ImageItem, str]  # an item whose features are not cached yet, with 
 Rows = "torch.Tensor | dict[str, torch.Tensor]"  # [n, D], or {level: [n, C, H, W]}
 
 
-def clear_memo() -> None:
-    """Nothing to clear any more (features are never held per process); kept for callers and tests."""
-
-
 def store_dtype(backbone: Backbone) -> str:
     return getattr(backbone.config, "feature_dtype", "fp32")
 

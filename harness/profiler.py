@@ -11,7 +11,6 @@ share of time per stage.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -20,18 +19,7 @@ from typing import Any
 
 from harness.config import BackboneConfig
 from harness.errors import HarnessError
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from harness.memory import mark_peak, peak_rss_mb, rss_mb
 
 
 def measure(config: BackboneConfig, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
@@ -45,7 +33,8 @@ def measure(config: BackboneConfig, batch_size: int, warmup: int, repeats: int) 
 
     cuda = config.device.startswith("cuda")
     cls = BACKBONES.get(config.name)  # library imports are not the model's memory
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
+    mark_peak()  # the peak from here on is the model's and its batches', not the imports'
     backbone = cls(config)
     if getattr(backbone, "latent_cache", None) is not None:
         backbone.latent_cache = None  # every repeat encodes: the profile times the VAE, not a cache read
@@ -83,7 +72,7 @@ def measure(config: BackboneConfig, batch_size: int, warmup: int, repeats: int) 
         "latency_median_s": median, "latency_p90_s": float(np.percentile(times, 90)),
         "images_per_s": batch_size / median, "latency_per_image_ms": 1000 * median / batch_size,
         "params": params, "gflops_per_image": counter.get_total_flops() / 1e9,
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss_before),
+        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb() - rss_before),
         "memory_kind": "cuda_max_allocated" if cuda else "cpu_peak_rss_increase",
     }
     if hasattr(backbone, "stage_times"):

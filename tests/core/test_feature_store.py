@@ -76,10 +76,34 @@ def test_ledger_is_rebuilt_from_the_tree_and_entries_are_counted_per_namespace()
     assert a.get("01" * 32) is not None
 
 
+def test_ledger_total_follows_every_write_rewrite_eviction_and_drop(monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv("HARNESS_CACHE_BUDGET_GB", str(60_000 / 2**30))
+    a, b = FeatureCache(FP, "global"), FeatureCache({**FP, "backbone": "dino"}, "global")
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in a.root.rglob("*.safetensors"))
+
+    for i in range(12):  # 10 kB entries into a 60 kB budget: evictions on the way
+        (a if i % 2 else b).put(f"{i:02x}" * 32, torch.ones(2500) * i)
+        assert a.ledger.total() == on_disk() <= 60_000
+    a.put("0b" * 32, torch.ones(100))  # a rewrite replaces its old size
+    a.ledger.forget(a._rel("0b" * 32))
+    a.path("0b" * 32).unlink()
+    assert a.ledger.total() == on_disk()
+    clear_cache(backbone="dino")
+    assert a.ledger.total() == on_disk() > 0
+    forget_ledgers()
+    with sqlite3.connect(a.root / "ledger.sqlite") as conn:  # a ledger written before totals existed
+        conn.executescript("DROP TRIGGER entries_added; DROP TRIGGER entries_removed; DROP TABLE totals;")
+    assert FeatureCache(FP, "global").ledger.total() == on_disk()
+
+
 def test_a_write_that_fails_streams_instead_of_crashing(monkeypatch):
     import harness.cache
 
-    def full_disk(path, data):
+    def full_disk(path, data, durable=True):
         raise OSError(28, "No space left on device")
 
     cache = FeatureCache(FP, "global")  # namespace.json written; then the disk fills up

@@ -12,7 +12,6 @@ import tasks.text_head
 from harness.api import ImageItem, JobContext
 from harness.config import BackboneConfig
 from harness.errors import HarnessError
-from harness.features import clear_memo
 from harness.planner import open_dataset
 from tasks.sbir.task import SCALE_PRESETS, SBIRProtocol, ZeroShotSBIR, check_no_unseen, training_items
 
@@ -99,7 +98,6 @@ def test_evaluate_trains_on_seen_classes_only_and_reports_metrics_and_grid(backb
 def test_same_seed_same_numbers(backbone, tmp_path):
     ds = open_dataset("mini_sbir")
     first = ZeroShotSBIR().evaluate(backbone, ds, SBIRProtocol(**FAST), JobContext(tmp_path / "a"))
-    clear_memo()
     second = ZeroShotSBIR().evaluate(backbone, ds, SBIRProtocol(**FAST), JobContext(tmp_path / "b"))
     assert first.metrics == second.metrics
 
