@@ -112,12 +112,7 @@ def dense_block_indices(depth: int, levels: int = 4) -> list[int]:
 
 
 def load_strict(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
-    """Load a (pre-filtered) state dict strictly; a mismatch names the file and the keys."""
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch: weights of another architecture
-        raise HarnessError(f"weights {path} do not fit this architecture: {exc}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-        raise HarnessError(f"weights {path} do not match the architecture: {len(missing)} missing keys "
-                           f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+    """Load a (pre-filtered) state dict strictly; a mismatch is one line of counts and first examples."""
+    from harness.weights import fit_state_dict
+
+    fit_state_dict(model, state, path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError, warn
 from harness.io import atomic_write_bytes, canonical_json, sha256_text
 from harness.paths import cache_root
 
@@ -42,8 +43,21 @@ LEDGER = "ledger.sqlite"
 EVICT_TO = 0.9  # evicting frees down to this share of the budget, so eviction runs rarely, not per entry
 
 
+def budget_gb() -> float:
+    """`HARNESS_CACHE_BUDGET_GB` (default 50): a finite number >= 0, else one line naming the variable."""
+    raw = os.environ.get("HARNESS_CACHE_BUDGET_GB", "").strip() or "50"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"HARNESS_CACHE_BUDGET_GB must be a number of GiB >= 0 (e.g. 50), got '{raw}'; "
+                          "fix or unset it")
+    return value
+
+
 def budget_bytes() -> int:
-    return int(float(os.environ.get("HARNESS_CACHE_BUDGET_GB", "50")) * 2**30)
+    return int(budget_gb() * 2**30)
 
 
 def store_torch_dtype(name: str) -> torch.dtype:
@@ -234,6 +248,28 @@ def forget_ledgers() -> None:
     _LEDGERS.clear()
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A store problem is said once per process, not once per entry."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warn(message)
+
+
+def write_cache_file(path: Path, data: bytes) -> bool:
+    """Write one file under HARNESS_CACHE (a text embedding, a trained head); on a full or read-only disk,
+    say so once and go on without it (it is recomputed next time): a cache never fails a run."""
+    try:
+        atomic_write_bytes(path, data)
+        return True
+    except OSError as exc:
+        _warn_once(f"the cache {cache_root()} cannot be written ({exc.strerror or exc}); results are recomputed "
+                   "next time instead of reused (free space or set HARNESS_CACHE)")
+        return False
+
+
 class FeatureCache:
     """One namespace per (backbone fingerprint, kind, store dtype).
 
@@ -253,9 +289,15 @@ class FeatureCache:
         self.stats = CacheStats()
         self._verified: set[str] = set()  # entries whose checksum this object has checked once
         self.ledger = ledger_for(self.root)
+        self.writable = True
         meta = self.dir / "namespace.json"
-        if not meta.exists():
-            atomic_write_bytes(meta, (canonical_json(ident) + "\n").encode())
+        if not meta.is_file():
+            try:
+                atomic_write_bytes(meta, (canonical_json(ident) + "\n").encode())
+            except OSError as exc:  # a full or read-only cache disk: features are computed, not stored
+                self.writable = False
+                _warn_once(f"the feature store {self.root} cannot be written ({exc.strerror or exc}); features are "
+                           "computed as needed and not stored (free space or set HARNESS_CACHE)")
 
     def path(self, image_sha: str) -> Path:
         return self.dir / image_sha[:2] / f"{image_sha}.safetensors"
@@ -299,6 +341,9 @@ class FeatureCache:
         from safetensors.torch import save
 
         payload = round_to_store(payload, self.dtype)
+        if not self.writable:
+            self.stats.streamed += 1
+            return False
         tensors = {_GLOBAL: payload} if not isinstance(payload, dict) else payload
         data = save(tensors, metadata={"sha256": _digest(tensors), "kind": self.kind, "dtype": str(self.dtype)})
         rel = self._rel(image_sha)
@@ -309,11 +354,16 @@ class FeatureCache:
         for victim in victims:
             (self.root / victim).unlink(missing_ok=True)
         self.stats.evicted += len(victims)
+        target = self.path(image_sha)
+        if target.is_dir() and not target.is_symlink():  # a folder where an entry belongs: replaced by the entry
+            shutil.rmtree(target, ignore_errors=True)
         try:
             atomic_write_bytes(self.path(image_sha), data, durable=False)  # checksummed: a torn file is recomputed
-        except OSError:
+        except OSError as exc:
             self.ledger.forget(rel)
             self.stats.streamed += 1
+            _warn_once(f"the feature store {self.root} cannot be written ({exc.strerror or exc}); features are "
+                       "computed as needed and not stored (free space or set HARNESS_CACHE)")
             return False
         return True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -70,19 +70,14 @@ def run(
     address: AddressOption = None,
 ) -> None:
     """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
-    from harness.config import RunConfig, parse_overrides, validate
+    from harness.config import RunConfig, parse_ints, parse_overrides, validate
     from harness.suites import load_suite
 
-    seed_list = None
-    if seeds:
-        try:
-            seed_list = [int(s) for s in _split_csv([seeds])]
-        except ValueError:
-            raise HarnessError(f"--seeds expects integers like 1,2,3, got '{seeds}'") from None
+    seed_list = parse_ints("--seeds", seeds) if seeds is not None else None
     cfg = validate(RunConfig, {
         "suite": suite, "backbones": _split_csv(backbone), "variant": variant, "weights": weights,
         "device": device, "dtype": dtype, "feature_dtype": feature_dtype, "batch_size": batch_size, "seeds": seed_list,
-        "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or []),
+        "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or [], "--opt"),
         "resume": resume, "skip_missing": skip_missing,
         "dry_run": dry_run}, "command line")
     _set_workers(workers)
@@ -95,8 +90,13 @@ def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_nam
     from harness.executor import make_executor
     from harness.planner import parse_shard, plan, shard
 
+    _check_inputs(out_dir)
+    if not cfg.dry_run:
+        from harness.records import RecordStore
+
+        RecordStore().check_writable()  # a job's record must land: found out now, not after the first job
     executor = make_executor(executor_name, address)  # a bad choice or a missing extra fails before planning
-    cfg = _resolve_device(spec, cfg)
+    cfg = _resolve_device(spec, cfg, check_here=executor_name == "local")
     the_plan = plan(cfg, spec)
     if cfg.dry_run:
         _dry_run(the_plan, cfg, out_dir, shard_spec)
@@ -131,7 +131,7 @@ def sweep(
     address: AddressOption = None,
 ) -> None:
     """Run a grid over backbone feature options (e.g. Vermouth's t x stages) as one suite."""
-    from harness.config import RunConfig, parse_overrides, validate
+    from harness.config import RunConfig, parse_ints, parse_overrides, validate
     from harness.suites import load_suite
 
     grid = {}
@@ -143,21 +143,36 @@ def sweep(
                              for v in values.split(",")]
     base = load_suite(suite)
     spec = base.model_copy(update={"name": name or f"{base.name}-sweep", "backbone_grid": grid})
-    seed_list = [int(s) for s in _split_csv([seeds])] if seeds else None
+    seed_list = parse_ints("--seeds", seeds) if seeds is not None else None
     cfg = validate(RunConfig, {"suite": spec.name, "backbones": _split_csv(backbone), "seeds": seed_list,
                                "overrides": parse_overrides(set_ or []), "dry_run": dry_run}, "command line")
     _plan_and_run(spec, cfg, out_dir, None, executor, address)
 
 
-def _resolve_device(spec, cfg):
-    """`device: auto` (the suite's or --device) → cuda or cpu, said in one line, before any job key exists."""
+def _resolve_device(spec, cfg, check_here: bool = True):
+    """`device: auto` (the suite's or --device) → cuda or cpu, said in one line, before any job key exists.
+    `check_here`: the jobs run in this process, so a cuda device this machine lacks is an error now (a Ray
+    cluster's workers may have the GPU its driver lacks)."""
+    from harness.config import check_device_available
     from harness.planner import resolve_device
 
     device, why = resolve_device(cfg.device or spec.device)
+    if check_here:
+        check_device_available(device, "--device" if cfg.device else f"suite '{spec.name}'")
     if why is None:
         return cfg
     err.print(why, highlight=False)
     return cfg.model_copy(update={"device": device})
+
+
+def _check_inputs(out_dir: Path | None = None) -> None:
+    """Values from the environment and the output folder, checked before any work (one line each)."""
+    from harness.cache import budget_gb
+    from harness.config import check_out_dir
+
+    budget_gb()
+    if out_dir is not None:
+        check_out_dir(out_dir)
 
 
 def _dry_run(the_plan, cfg, out_dir: Path, shard_spec: str | None) -> None:
@@ -210,14 +225,29 @@ def _execute(suite: str, cfg, jobs, out_dir: Path, executor, where: dict) -> Non
     """Run the jobs on `executor` (`where`: how it was chosen, logged with the invocation's params)."""
     from harness.tracking import Tracker
 
-    executor.preflight(jobs)  # bad or missing files stop the run before MLflow or any model starts
-    tracker = Tracker(suite)
-    with executor, tracker.invocation({**cfg.model_dump(mode="json"), **where}):  # Ray, if started, stops here
-        summary = executor.run(jobs, tracker, resume=cfg.resume)
+    try:
+        executor.preflight(jobs)  # bad or missing files stop the run before MLflow or any model starts
+        tracker = Tracker(suite)
+        with executor, tracker.invocation({**cfg.model_dump(mode="json"), **where}):  # Ray, if started, stops here
+            summary = executor.run(jobs, tracker, resume=cfg.resume)
+    except KeyboardInterrupt:
+        _interrupted(jobs)
     err.print(f"[bold]{len(summary.ran)} job(s) ran, {len(summary.skipped)} skipped (already finished)"
+              + (f", {len(summary.elsewhere)} finished by another process on this store" if summary.elsewhere else "")
               + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else "")
               + (f", {len(summary.pending)} waiting for `harness sync`" if summary.pending else ""))
     _print_leaderboard(suite, out_dir)
+
+
+def _interrupted(jobs) -> NoReturn:
+    """Ctrl-C: say how much is done (a finished job's record is kept) and how to go on; exit 130 (SIGINT)."""
+    from harness.records import RecordStore
+
+    store, keys = RecordStore(), {job.key for job in jobs}
+    done = sum(1 for key in keys if store.exists(key))
+    err.print(f"interrupted: {done} of {len(keys)} job(s) finished (their records are kept); rerun the same "
+              "command to resume", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def _print_leaderboard(suite: str, out_dir: Path) -> None:
@@ -237,6 +267,7 @@ def leaderboard(
     out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
 ) -> None:
     """Compile the suite's leaderboard from MLflow runs; write Markdown, CSV and HTML; print it."""
+    _check_inputs(out_dir)
     _print_leaderboard(suite, out_dir)
 
 
@@ -247,30 +278,38 @@ def profile_cmd(
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8,32",
     device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda if visible)")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 | fp64")] = "fp32",
-    repeats: Annotated[int, typer.Option(help="timed repeats (median and p90 reported)")] = 5,
-    warmup: Annotated[int, typer.Option(help="untimed warm-up passes")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="timed repeats (median and p90 reported)")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed warm-up passes")] = 2,
     suite: Annotated[str, typer.Option(help="suite whose leaderboard is joined for accuracy")] = "mini",
     out_dir: Annotated[Path, typer.Option(help="where profiles.{csv,md} are written")] = Path("leaderboards"),
 ) -> None:
     """Latency, images/s, peak memory, params and FLOPs per backbone and batch size → MLflow + profiles.md."""
-    from harness.config import BackboneConfig, validate
+    from harness.catalog import BACKBONES
+    from harness.config import MAX_BATCH_SIZE, BackboneConfig, check_device_available, parse_ints, validate
+    from harness.errors import UnknownNameError
     from harness.planner import resolve_backbones, resolve_device
     from harness.profiler import profile
     from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
     from harness.tracking import Tracker
 
-    sizes = [int(b) for b in _split_csv([batch_sizes])]
+    sizes = parse_ints("--batch-sizes", batch_sizes, minimum=1, maximum=MAX_BATCH_SIZE)
+    _check_inputs(out_dir)
+    configs = []
+    for name in resolve_backbones(_split_csv(backbone)):  # every input checked before the first measurement
+        cls = BACKBONES.get(name)
+        if variant is not None and variant not in cls.variants:
+            raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
+        configs.append(validate(BackboneConfig, {"name": name, "variant": variant or cls.default_variant,
+                                                 "device": device, "dtype": dtype}, "profile"))
     device, why = resolve_device(device)
+    check_device_available(device)
     if why:
         err.print(why, highlight=False)
     tracker = Tracker("profiles", experiment="profiles")
     rows = []
-    for name in resolve_backbones(_split_csv(backbone)):
-        from harness.catalog import BACKBONES
-
-        cls = BACKBONES.get(name)
-        var = variant if variant in cls.variants else (variant or cls.default_variant)
-        cfg = validate(BackboneConfig, {"name": name, "variant": var, "device": device, "dtype": dtype}, "profile")
+    for cfg in configs:
+        cfg = cfg.model_copy(update={"device": device})
+        name, var = cfg.name, cfg.variant
         for row in profile(cfg, sizes, warmup=warmup, repeats=repeats):
             tracker.log_profile(row)
             rows.append(row)
@@ -360,14 +399,43 @@ def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets
     out.print(table)
 
 
+VERIFY_EXAMPLES = 5  # example paths per category in the `data verify --deep` table
+
+
 @data_app.command("verify")
-def data_verify(name: Annotated[str, typer.Argument(help="dataset name")]) -> None:
-    """Check a prepared dataset tree; name the first missing or malformed file."""
+def data_verify(
+    name: Annotated[str, typer.Argument(help="dataset name")],
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="decode every image; name missing, empty, malformed, oversized and out-of-tree files")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="with --deep: decoding processes (default: CPUs - 1, at most 8; 0 = inline)")] = None,
+) -> None:
+    """Check that a prepared dataset's listed files exist (the first missing one is named); --deep decodes them."""
     from harness.planner import open_dataset
 
+    if workers is not None and not deep:
+        raise HarnessError("--workers goes with --deep")
     ds = open_dataset(name, generate=False)
-    ds.verify()
-    out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})")
+    if not deep:
+        ds.verify()
+        out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})")
+        return
+    from harness.verify import deep_verify
+
+    report = deep_verify(ds, workers)
+    if report.ok:
+        out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})\n{report.summary(name)}",
+                  highlight=False)
+        return
+    table = Table(title=f"{name}: unusable files under {ds.root} (up to {VERIFY_EXAMPLES} per category)")
+    for col in ("category", "files", "example", "why"):
+        table.add_column(col, overflow="fold")
+    for category, count in report.counts().items():
+        for i, f in enumerate(report.examples(category, VERIFY_EXAMPLES)):
+            shown = f.path.relative_to(ds.root) if f.path.is_relative_to(ds.root) else f.path
+            table.add_row(category if i == 0 else "", str(count) if i == 0 else "", str(shown), f.why)
+    out.print(table)
+    raise HarnessError(report.summary(name))
 
 
 @data_app.command("prepare")
@@ -376,6 +444,8 @@ def data_prepare(
     archive: Annotated[list[Path] | None, typer.Option(
         "--archive", help="a downloaded archive to unpack into place (.zip, .tar[.gz|.bz2|.xz]); repeatable")] = None,
     into: Annotated[str | None, typer.Option(help="with --archive: unpack into this subfolder of the dataset")] = None,
+    max_unpacked_gb: Annotated[float | None, typer.Option(
+        help="with --archive: refuse an archive declaring more than this many GB unpacked (default 200)")] = None,
 ) -> None:
     """Generate an embedded dataset, unpack downloaded archives into place, or print the steps to prepare one."""
     from harness.errors import DataMissingError
@@ -395,7 +465,7 @@ def data_prepare(
     from harness.archives import unpack_for_dataset
 
     for path in archive:
-        dest, n = unpack_for_dataset(ds.folder, ds.root, path, into)
+        dest, n = unpack_for_dataset(ds.folder, ds.root, path, into, max_unpacked_gb)
         out.print(f"unpacked: {path} -> {dest} ({n} members)", highlight=False)
     try:
         ds.verify()
@@ -411,6 +481,7 @@ def cache_info_cmd() -> None:
     from harness.cache import budget_bytes, cache_info
     from harness.paths import cache_root
 
+    _check_inputs()
     rows = cache_info()
     total = sum(r["bytes"] for r in rows)
     table = Table(title=f"feature cache: {cache_root() / 'features'} ({total / 2**30:.2f} of "
@@ -462,12 +533,16 @@ def extract_cmd(
         help="torch threads per shard (default: 1 on the CPU, so the bits never depend on --shards)")] = None,
 ) -> None:
     """Prewarm the feature cache for one dataset with data-parallel workers; a later `run` reads only hits."""
-    from harness.config import parse_overrides
+    from harness.config import check_device_available, parse_overrides
     from harness.parallel_extract import backbone_configs, extract_dataset, suite_for_dataset
 
+    _check_inputs()
     configs = backbone_configs(_split_csv(backbone), suite or suite_for_dataset(dataset), variant=variant,
                                weights=weights, device=device, dtype=dtype, batch_size=batch_size,
-                               options=parse_overrides(opt or []), feature_dtype=feature_dtype)
+                               options=parse_overrides(opt or [], "--opt"), feature_dtype=feature_dtype)
+    if executor == "processes":  # Ray workers may have the GPU this driver lacks
+        for cfg in configs:
+            check_device_available(cfg.device)
     _set_workers(workers)
     for cfg in configs:
         s = extract_dataset(cfg, dataset, kinds=_split_csv(kind) or ["global"], split=_split_csv(split) or None,
@@ -491,12 +566,67 @@ def version() -> None:
     out.print(f"harness {__version__} ({git_commit()})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: a HarnessError is its one-line message (exit 2); any other exception is one line
+    naming a log file that holds the traceback (exit 1), never a bare traceback."""
+    from rich.markup import escape
+    from typer import _click as click  # typer's own click: its exceptions are these
+
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)  # not standalone: usage errors come here, to be one line
+    except click.exceptions.NoArgsIsHelpError as exc:  # `harness` or `harness data` alone: the help, as click does
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:  # a bad option value or name: typer's boxed message as one line
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        detail = " ".join(exc.format_message().split())
+        err.print(f"[red]error:[/red] {escape(detail)}{escape(where)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(1)
+    except click.exceptions.ClickException as exc:
+        err.print(f"[red]error:[/red] {escape(' '.join(exc.format_message().split()))}", highlight=False,
+                  soft_wrap=True)
+        sys.exit(exc.exit_code)
     except HarnessError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception as exc:  # a bug, or a failure nobody anticipated: one line, the traceback in a file
+        log = _log_traceback(exc, argv)
+        detail = " ".join(str(exc).split())[:300] or "(no message)"
+        where = f"traceback in {log}" if log else "the traceback could not be written to a log file"
+        err.print(f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(detail)} ({escape(where)})",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
+    if isinstance(code, int) and code:  # a command's `typer.Exit(code)`, or 130 after Ctrl-C
+        sys.exit(code)
+
+
+def _log_traceback(exc: BaseException, argv: list[str] | None) -> Path | None:
+    """Write the command and the traceback to `$HARNESS_HOME/logs/error-<time>-<pid>.log` (the temp folder when
+    the home is unusable); None when neither can be written."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from harness.io import atomic_write_bytes
+    from harness.paths import harness_home
+
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"harness {' '.join(sys.argv[1:] if argv is None else argv)}\n\n" + "".join(traceback.format_exception(exc))
+    for folder in (lambda: harness_home() / "logs", lambda: Path(tempfile.gettempdir()) / "harness-logs"):
+        try:
+            path = folder() / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, text.encode("utf-8", "replace"), durable=False)
+            return path
+        except Exception:  # an unusable home: try the next place; the one line is printed regardless
+            continue
+    return None
 
 
 @app.command("sync")
@@ -508,3 +638,8 @@ def sync_cmd(
 
     summary = sync_suite(suite)
     err.print(f"{len(summary.uploaded)} record(s) uploaded to MLflow, {len(summary.already)} already there")
+    if summary.unreadable:
+        from harness.records import unreadable_note
+        from harness.tracking import warn
+
+        warn(unreadable_note(summary.unreadable))

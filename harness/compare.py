@@ -65,10 +65,21 @@ def read_leaderboard(ref: str, out_dir: Path = Path("leaderboards")) -> pd.DataF
         path = Path(out_dir) / f"{ref}.csv"
     if not path.is_file():
         raise ConfigError(f"leaderboard not found: {path} (a .csv path or a suite name under {out_dir}/)")
-    df = pd.read_csv(path, dtype={"task_version": str, "setting": str, "seed_values": str})
+    try:
+        df = pd.read_csv(path, dtype={"task_version": str, "setting": str, "seed_values": str})
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ConfigError(f"{path} is not a readable leaderboard CSV ({type(exc).__name__}: {why}); give a CSV "
+                          "written by `harness leaderboard`") from None
     missing = [c for c in [*KEYS, "mean"] if c not in df.columns]
     if missing:
         raise ConfigError(f"{path} is not a harness leaderboard CSV: missing column(s) {', '.join(missing)}")
+    mean = pd.to_numeric(df["mean"], errors="coerce")
+    if (bad := df["mean"].notna() & mean.isna()).any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise ConfigError(f"{path}: column 'mean' holds a non-number on data row {row + 1} "
+                          f"({str(df['mean'].iloc[row])[:40]!r}); give a CSV written by `harness leaderboard`")
+    df["mean"] = mean
     df["setting"] = df["setting"].fillna("")
     return with_optional_columns(df)
 

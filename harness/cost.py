@@ -208,7 +208,11 @@ class _Backbone:
                             from harness.cache import FeatureCache
 
                             self._caches[kind] = FeatureCache(backbone.fingerprint(), kind)
-                except Exception as exc:  # a backbone that cannot be built here must not stop a dry run
+                except Exception as exc:  # a backbone that cannot be built here must not stop a dry run...
+                    from harness.errors import HarnessError, WeightsMissingError
+
+                    if isinstance(exc, HarnessError) and not isinstance(exc, WeightsMissingError):
+                        raise  # ...unless a run would stop on it too (a weights file that is not tensors)
                     self.why_uncached = f"cache not checked ({type(exc).__name__}): every image counts"
         return {k: self._caches[k] for k in kinds if k in self._caches}
 

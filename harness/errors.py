@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -47,3 +48,12 @@ class WeightsMissingError(HarnessError):
 
 class PluginError(HarnessError):
     """A plug-in entry point that cannot be loaded or has the wrong type."""
+
+
+class WeightsError(HarnessError):
+    """A weights file that exists but cannot be used: not a tensor file, a refused pickle, another architecture."""
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (what went wrong and what the harness did about it); work goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

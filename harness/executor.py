@@ -32,6 +32,7 @@ from harness.api import Backbone, JobContext
 from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
 from harness.errors import ConfigError, UnknownNameError
+from harness.locks import Claim, claim, holder
 from harness.memory import mark_peak, peak_rss_mb
 from harness.planner import Job, open_dataset
 from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
@@ -44,6 +45,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     relogged: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # records not in MLflow yet (tracker unreachable)
+    elsewhere: list[str] = field(default_factory=list)  # finished meanwhile by another process on this store
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
@@ -104,6 +106,14 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
 
 JobDone = Callable[[Job, dict, dict], None]
 """`done(job, record, artifacts)`: write the record, log it with its artifact files, count it."""
+Claim_ = Callable[[Job], bool]
+"""`take(job)`: claim the job for this process right before computing it; False means skip it."""
+WAIT_POLL_S = 2.0  # how often a process waiting for another's jobs looks again
+
+
+def job_lock_name(key: str) -> str:
+    """The claim a job's key is computed under (`harness.locks`)."""
+    return f"job-{key}"
 
 
 @dataclass
@@ -163,9 +173,28 @@ class Executor(abc.ABC):
     def run(self, jobs: list[Job], tracker: Tracker, resume: bool = True) -> RunSummary:
         """Skip (and re-log when MLflow lacks them) finished keys, evaluate the rest, record and log each one.
 
-        A key listed twice is evaluated once; its second listing counts as skipped.
+        A key listed twice is evaluated once; its second listing counts as skipped. Each job's key is claimed
+        (`harness.locks`) right before it is computed, so processes sharing a store split the work: a key
+        another live process holds is left to it, and waited for at the end (taken over if its holder dies).
         """
         summary = RunSummary()
+        claims: dict[str, Claim] = {}
+        contested: dict[str, Job] = {}
+
+        def take(job: Job) -> bool:
+            """Claim the job before computing it; False when another process holds it or just finished it."""
+            got = claim(job_lock_name(job.key))
+            if got is None:
+                contested[job.key] = job
+                return False
+            if resume and self.store.exists(job.key):  # finished by another process since the plan was made
+                got.release()
+                summary.elsewhere.append(job.key)
+                progress.advance(jobs_bar)
+                return False
+            claims[job.key] = got
+            return True
+
         todo: dict[str, Job] = {}
         finished: list[str] = []
         for job in jobs:
@@ -192,33 +221,60 @@ class Executor(abc.ABC):
                 self.store.mark_pending(record, artifacts)
                 self.store.write(record)
                 self._log(tracker, record, self.store.pending_artifacts(job.key), summary)
+                claims.pop(job.key).release()
                 logged.add(job.key)
                 summary.ran.append(job.key)
                 progress.advance(jobs_bar)
 
-            self._run_jobs(list(todo.values()), done, JobProgress(progress, jobs_bar))
+            try:
+                self._run_jobs(list(todo.values()), done, JobProgress(progress, jobs_bar), take)
+                self._wait_for_others(contested, done, JobProgress(progress, jobs_bar), take)
+            finally:  # an error or Ctrl-C: what this process had claimed is free for the next run at once
+                for held in claims.values():
+                    held.release()
         if summary.pending:
             suite = jobs[0].suite if jobs else "?"
             warn(f"{len(summary.pending)} job(s) finished but are not in MLflow yet (tracker unreachable); their "
                  f"records are kept, run `harness sync --suite {suite}` when the server is back")
         return summary
 
+    def _wait_for_others(self, contested: dict[str, Job], done: JobDone, progress: JobProgress,
+                         take: Claim_) -> None:
+        """Wait for the jobs other processes were computing; compute those whose holder died unfinished."""
+        announced = False
+        while contested:
+            jobs = list(contested.values())
+            contested.clear()
+            self._run_jobs(jobs, done, progress, take)  # `take` puts back what is still held elsewhere
+            if contested and not announced:
+                owner = next((o for o in map(holder, map(job_lock_name, contested)) if o is not None), None)
+                who = owner.describe() if owner else "another process"
+                self.console.print(f"waiting for {len(contested)} job(s) being computed by {who} on this store "
+                                   "(a job is never computed twice)", highlight=False)
+                announced = True
+            if contested:
+                time.sleep(WAIT_POLL_S)
+
     @abc.abstractmethod
-    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress) -> None:
-        """Evaluate `jobs` (none finished yet) and call `done` in this process as each one finishes."""
+    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress, take: Claim_) -> int:
+        """Evaluate those of `jobs` (none finished yet) that `take(job)` claims, right before each, and call
+        `done` in this process as each one finishes; returns how many were evaluated."""
 
 
 class LocalExecutor(Executor):
     """Jobs one by one in this process; a backbone is built once for consecutive jobs that share it."""
 
-    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress) -> None:
+    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress, take: Claim_) -> int:
         batch_bar = progress.progress.add_task("batches", total=None, visible=False)
 
         def on_batch(n: int, total: int) -> None:
             progress.progress.update(batch_bar, completed=n, total=total, visible=True)
 
         backbone: Backbone | None = None
+        evaluated = 0
         for job in jobs:
+            if not take(job):
+                continue
             progress.running(job)
             if backbone is None or backbone.config != job.backbone:
                 backbone = None  # free the previous model before building the next
@@ -226,6 +282,9 @@ class LocalExecutor(Executor):
             record, extra = run_job(job, backbone, on_batch)
             done(job, record, extra["artifacts"])
             shutil.rmtree(extra["workdir"], ignore_errors=True)
+            evaluated += 1
+        progress.progress.remove_task(batch_bar)
+        return evaluated
 
 
 EXECUTORS = ("local", "ray")

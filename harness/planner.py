@@ -133,7 +133,8 @@ def backbone_option_points(run: RunConfig, suite: SuiteSpec) -> list[dict[str, A
 def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, options: dict[str, Any] | None = None
                     ) -> BackboneConfig:
     cls = BACKBONES.get(name)
-    variant = run.variant or (suite.variant if suite.variant in cls.variants else None) or cls.default_variant
+    # A variant the backbone lacks is an error listing its variants, whether --variant or the suite named it.
+    variant = run.variant or suite.variant or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
     device = resolve_device(run.device or suite.device)[0]  # `auto` → what this machine has

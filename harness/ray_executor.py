@@ -29,7 +29,7 @@ from typing import Any
 from harness.api import Backbone
 from harness.config import BackboneConfig
 from harness.errors import ConfigError, HarnessError
-from harness.executor import Executor, JobDone, JobProgress, build_backbone, run_job
+from harness.executor import Claim_, Executor, JobDone, JobProgress, build_backbone, run_job
 from harness.planner import Job
 from harness.ray_support import init_ray, require_ray
 
@@ -137,9 +137,10 @@ class RayExecutor(Executor):
             init_ray(self.address)
             self._started = True
 
-    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress) -> None:
+    def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress, take: Claim_) -> int:
+        jobs = [job for job in jobs if take(job)]  # claimed on submission: the driver holds them while they run
         if not jobs:
-            return
+            return 0
         import torch
 
         gpus = {job.key: gpus_for(job) for job in jobs}
@@ -163,6 +164,7 @@ class RayExecutor(Executor):
                 progress.running(job)
                 with tempfile.TemporaryDirectory(prefix="harness-ray-") as tmp:
                     done(job, output.record, _unpack(output.artifacts, Path(tmp)))
+            return len(jobs)
         finally:
             for ref in pending:  # an error or an interrupt: nothing keeps computing for nobody
                 with contextlib.suppress(Exception):  # best effort: the error that got us here matters

@@ -12,10 +12,11 @@ import functools
 import io
 from collections.abc import Sequence
 
+from harness.cache import write_cache_file
 from harness.catalog import BACKBONES
 from harness.config import BackboneConfig
 from harness.errors import ConfigError
-from harness.io import atomic_write_bytes, canonical_json, sha256_text
+from harness.io import canonical_json, sha256_text
 from harness.paths import cache_root
 
 
@@ -50,7 +51,7 @@ class TextSpace:
         emb = self.encoder.prompt_embeddings(names, list(templates)).float().cpu()
         buf = io.BytesIO()
         torch.save(emb, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        write_cache_file(path, buf.getvalue())
         return emb
 
 

@@ -8,21 +8,33 @@ retries, unless the MLFLOW_HTTP_REQUEST_* variables say otherwise), the tracker 
 with one warning, records stay the source of truth, jobs not logged are marked pending, and
 `harness sync` uploads them later. Offline, `job_runs` is built from the local records, so the
 leaderboard still compiles.
+
+A local SQLite store that cannot be used (corrupt, unwritable folder, full disk, file-size limit) is
+handled the same way, within seconds: `check_sqlite_store` opens it with the sqlite3 module first, so
+that MLflow, whose engine creation retries a failing connection for about 100 s with no setting to
+shorten it, only ever sees a file that opens. The one case that stops instead is a store folder that is
+a file (HARNESS_HOME pointing at a file), where records could not be kept either.
+
+Several processes may share one store: experiment creation tolerates the race, a job key is logged
+at most once (a FINISHED run for it is looked up under a per-key claim, see harness.locks), and a
+parent run left RUNNING by a killed process of this host is closed as KILLED by the next invocation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import sys
+import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
-from harness.errors import HarnessError
+from harness import locks
+from harness.errors import HarnessError, warn
 from harness.paths import harness_home
 
 JOB_KIND = "job"
@@ -32,8 +44,43 @@ FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
+# How long the up-front check of a SQLite store may take (integrity check, then a write probe), and
+# how long `log_job` waits for another process that is logging the same job key.
+STORE_CHECK_BUDGET_S = 2.0
+LOG_CLAIM_WAIT_S = 30.0
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{harness_home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(harness_home() / "mlflow.db")
+
+
+def sqlite_uri(db: Path) -> str:
+    """The SQLAlchemy URI of the SQLite file `db`, for any path.
+
+    SQLAlchemy percent-decodes the path of `sqlite:///PATH` and cuts it at '?', so a path holding '%'
+    or '?' (a HARNESS_HOME with `%20` in it) names another file. Such a path is passed as a SQLite URI
+    filename instead (`sqlite:///file:<quoted>?uri=true`), quoted so that it also holds no '/': MLflow
+    creates the parent folders of the raw text after `sqlite:///`, which is then just `.`.
+    """
+    text = str(db)
+    if "%" not in text and "?" not in text:
+        return f"sqlite:///{text}"
+    return "sqlite:///" + quote("file:" + quote(text, safe="/"), safe=":") + "?uri=true"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file behind a `sqlite:` tracking URI (the inverse of `sqlite_uri`); None for other stores."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return None
+    if url.query.get("uri") == "true" and database.startswith("file:"):
+        return Path(unquote(database[len("file:"):].split("?")[0]))
+    return Path(database)
 
 
 def experiment_name(suite: str) -> str:
@@ -60,11 +107,8 @@ def ensure_sqlite_store(uri: str, artifact_root: Path | None = None) -> None:
     _alembic_tmp_... already exists"). So a missing database is migrated in a temp file beside it and
     then hard-linked into place (which never replaces a database a concurrent run made first).
     """
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri == prefix + ":memory:":
-        return
-    db = Path(uri[len(prefix):])
-    if db.exists():
+    db = sqlite_path(uri)
+    if db is None or db.exists():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -73,7 +117,7 @@ def ensure_sqlite_store(uri: str, artifact_root: Path | None = None) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        store = SqlAlchemyStore(prefix + str(tmp), str(artifact_root or Path("mlruns").resolve()))
+        store = SqlAlchemyStore(sqlite_uri(tmp), str(artifact_root or Path("mlruns").resolve()))
         store.engine.dispose()
         with contextlib.suppress(FileExistsError):  # a concurrent run created it first: keep that one
             os.link(tmp, db)
@@ -85,8 +129,83 @@ class TrackerUnavailable(HarnessError):
     """The tracking server could not be reached (the tracker is offline)."""
 
 
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+class StoreUnusable(HarnessError):
+    """A local tracking store that cannot be opened or written; the message names the file and the cause."""
+
+    def __init__(self, message: str, cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or message
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line for a store failure: the innermost SQLite or OS error when there is one.
+
+    MLflow wraps a SQLite error in SQLAlchemy's, which it wraps again, each adding SQL text and links;
+    the innermost error ("database disk image is malformed") is the cause a user can act on.
+    """
+    best, seen, current = exc, set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            best = orig
+        elif isinstance(current, sqlite3.Error | OSError):
+            best = current
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(best).split())
+    return f"{type(best).__name__}: {text[:200]}"
+
+
+def check_sqlite_store(db: Path, budget_s: float = STORE_CHECK_BUDGET_S) -> None:
+    """Raise StoreUnusable unless the existing SQLite file `db` opens, passes a quick integrity check
+    and takes a write; a store busy with another process's write is not a failure.
+
+    Cheap by construction: both steps stop after `budget_s` (an interrupted check, or a store locked by
+    another writer, counts as passed: MLflow's own errors then decide, and they come fast once the file
+    opens). The write probe sets `user_version` to its own value and rolls back, which needs what any
+    MLflow write needs (a writable file, a journal beside it) and changes nothing.
+    """
+    def unusable(cause: str) -> StoreUnusable:
+        return StoreUnusable(f"MLflow store {db} cannot be used: {cause}", cause)
+
+    try:
+        con = sqlite3.connect(f"file:{quote(str(db))}?mode=rw", uri=True, timeout=budget_s,
+                              isolation_level=None)
+    except sqlite3.Error as exc:
+        raise unusable(failure_text(exc)) from exc
+    try:
+        deadline = time.monotonic() + budget_s
+        con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            rows = con.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _inconclusive(exc):
+                raise
+            rows = [("ok",)]
+        con.set_progress_handler(None, 0)
+        if rows != [("ok",)]:
+            raise unusable(f"integrity check failed: {' '.join(str(rows[0][0]).split())[:160]}")
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(con.execute("PRAGMA user_version").fetchone()[0])
+                con.execute(f"PRAGMA user_version = {version}")
+            finally:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    con.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if not _inconclusive(exc):
+                raise
+    except sqlite3.Error as exc:
+        raise unusable(failure_text(exc)) from exc
+    finally:
+        con.close()
+
+
+def _inconclusive(exc: sqlite3.Error) -> bool:
+    """Out of time, or another process holds the write lock: says nothing about the store itself."""
+    text = str(exc).lower()
+    return "interrupted" in text or "locked" in text or "busy" in text
 
 
 class Tracker:
@@ -103,24 +222,49 @@ class Tracker:
 
         for noisy in ("mlflow", "alembic", "urllib3"):  # schema-migration chatter would bury the progress bars
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # Every database error is caught here and named in one warning; MLflow would log each with a traceback.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.mlflow = mlflow
         self.suite = suite
         self.experiment = experiment or experiment_name(suite)
-        self.default_store = "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri may export it
         self.uri = tracking_uri()
+        # The URI may be set while still naming the default store: `mlflow.set_tracking_uri` exports it.
+        self.default_store = self.uri == sqlite_uri(harness_home() / "mlflow.db")
+        self.db = sqlite_path(self.uri)  # the local store's file; None for a tracking server
         self.offline_reason: str | None = None
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
-        try:  # before the client: creating it opens (and would migrate in place) the store
-            ensure_sqlite_store(self.uri, harness_home() / "mlartifacts" if self.default_store else None)
-        except Exception as exc:  # noqa: BLE001 (an unusable store means offline)
-            self.go_offline(exc)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = mlflow.MlflowClient()
+        self.client = None  # stays None when the store fails before MLflow is handed it
+        if self.db is not None:
+            self._refuse_file_as_folder(self.db)
         try:
-            self.experiment_id = self._experiment()
-        except Exception as exc:  # noqa: BLE001 (any failure to reach the store means offline)
+            self._open()
+        except Exception as exc:  # noqa: BLE001 (a store that fails to open or write means offline)
             self.go_offline(exc)
+
+    def _refuse_file_as_folder(self, db: Path) -> None:
+        """Stop in one line when the store's folder is a file: neither the store nor records could live there."""
+        blocker = next((p for p in (db.parent, *db.parent.parents) if p.exists()), None)
+        if blocker is None or blocker.is_dir():
+            return
+        if self.default_store:
+            raise StoreUnusable(f"HARNESS_HOME {harness_home()} cannot hold the MLflow store and run records: "
+                                f"{blocker} is a file, not a folder; point HARNESS_HOME at a folder")
+        raise StoreUnusable(f"MLflow store {db} cannot be created: {blocker} is a file, not a folder; "
+                            "fix MLFLOW_TRACKING_URI")
+
+    def _open(self) -> None:
+        """Check a local store before MLflow sees it, then open it and find (or create) the experiment.
+
+        Creating the client opens (and would migrate in place) the store, and MLflow retries a connection
+        that fails for about 100 s, so a SQLite file must first be made whole and pass `check_sqlite_store`.
+        """
+        if self.db is not None:
+            ensure_sqlite_store(self.uri, harness_home() / "mlartifacts" if self.default_store else None)
+            check_sqlite_store(self.db)
+        self.mlflow.set_tracking_uri(self.uri)
+        self.client = self.mlflow.MlflowClient()
+        self.experiment_id = self._experiment()
 
     # -- availability ------------------------------------------------------------------------------
     @property
@@ -130,17 +274,27 @@ class Tracker:
     def go_offline(self, exc: BaseException) -> None:
         if self.offline:
             return
-        text = " ".join(str(exc).split())
-        self.offline_reason = f"{type(exc).__name__}: {text[:160]}"
-        warn(f"MLflow tracking at {self.uri} is unreachable ({self.offline_reason}); records are kept "
-             f"locally under {harness_home() / 'records'} and `harness sync --suite {self.suite}` uploads "
-             "them once the server is back")
+        self.offline_reason = exc.cause if isinstance(exc, StoreUnusable) else failure_text(exc)
+        warn(f"{self.offline_problem()}; records are kept locally under {harness_home() / 'records'}; "
+             f"{self.remedy()}, then `harness sync --suite {self.suite}` uploads them")
+
+    def offline_problem(self) -> str:
+        """What is wrong with the store, in words: which store, and why it cannot be used."""
+        if self.db is not None:
+            return f"MLflow store {self.db} cannot be used ({self.offline_reason})"
+        return f"MLflow tracking at {self.uri} is unreachable ({self.offline_reason})"
+
+    def remedy(self) -> str:
+        if self.db is not None:
+            return "fix the cause (free disk space, write permission, or move a damaged store aside to start anew)"
+        return "wait until the server is back"
 
     def require_online(self) -> None:
         if self.offline:
-            raise TrackerUnavailable(f"MLflow tracking at {self.uri} is unreachable: {self.offline_reason}")
+            raise TrackerUnavailable(self.offline_problem())
 
     def _experiment(self) -> str:
+        """The experiment's id, created if missing; a concurrent process creating it first is no failure."""
         name = self.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -148,7 +302,15 @@ class Tracker:
         artifact_location = None
         if self.default_store:
             artifact_location = (harness_home() / "mlartifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=artifact_location)
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:
+            # Lost the race (SQLite: UNIQUE constraint failed; a server: RESOURCE_ALREADY_EXISTS): use the
+            # winner's experiment. Any other failure leaves it missing, and the first error stands.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def finished_keys(self) -> set[str]:
         """Job keys with a FINISHED job run; a run killed half-way (RUNNING/FAILED) does not count."""
@@ -173,8 +335,12 @@ class Tracker:
         run_id = None
         if not self.offline:
             try:
+                self.close_killed_invocations()
+                me = locks.current_owner()
+                tags = {"harness.kind": INVOCATION_KIND, "harness.suite": self.suite, "harness.pid": str(me.pid),
+                        "harness.host": me.host, "harness.pid_started": me.started or ""}
                 run = self.client.create_run(self.experiment_id, run_name=name or f"harness run {self.suite}",
-                                             tags={"harness.kind": INVOCATION_KIND, "harness.suite": self.suite})
+                                             tags=tags)
                 run_id = run.info.run_id
                 items = [Param(k, str(v)[:500]) for k, v in flatten(params).items()]
                 for i in range(0, len(items), 100):
@@ -196,14 +362,78 @@ class Tracker:
                 except Exception as exc:  # noqa: BLE001
                     self.go_offline(exc)
 
-    def log_job(self, record: dict[str, Any], artifacts: dict[str, Path] | None = None) -> str:
-        """A nested run holding the record's params, metrics, tags and the record itself.
+    def close_killed_invocations(self) -> list[str]:
+        """Mark parent runs left RUNNING by a killed process of this host KILLED; returns their run ids.
 
-        Raises TrackerUnavailable when offline or when the server fails (the tracker then goes offline).
+        A parent run records its process (pid, host, start time); one whose process no longer runs can never
+        finish. Runs of other hosts, and older runs without these tags, are left alone. A job run cut short
+        under it stays RUNNING: it is never counted (only FINISHED runs are), and the resumed run logs the job.
         """
+        from mlflow.entities import RunStatus
+
+        killed = RunStatus.to_string(RunStatus.KILLED)
+        closed = []
+        running = self.client.search_runs(
+            [self.experiment_id], max_results=1000,
+            filter_string=f"tags.`harness.kind` = '{INVOCATION_KIND}' and attributes.status = 'RUNNING'")
+        for run in running:
+            tags = run.data.tags
+            try:
+                pid = int(tags.get("harness.pid", ""))
+            except ValueError:
+                continue
+            started = tags.get("harness.pid_started") or None
+            if tags.get("harness.host") != locks.this_host() or locks.pid_alive(pid, started):
+                continue
+            self.client.set_terminated(run.info.run_id, killed)
+            closed.append(run.info.run_id)
+        if closed:
+            warn(f"{len(closed)} parent run(s) of experiment '{self.experiment}' were left RUNNING by a killed "
+                 "process; marked KILLED in MLflow")
+        return closed
+
+    def finished_run(self, key: str) -> str | None:
+        """The id of a FINISHED job run of `key` in this experiment, or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.`harness.job_key` = '{key}' and attributes.status = 'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
+    def log_job(self, record: dict[str, Any], artifacts: dict[str, Path] | None = None) -> str | None:
+        """A nested run holding the record's params, metrics, tags and the record itself; its run id.
+
+        Logged at most once per job key: under a claim on the key (harness.locks), a FINISHED run of the
+        key is looked up first, and when one exists (a concurrent run or `harness sync` logged it) nothing
+        is logged and None is returned. The claim narrows, but across hosts sharing one server cannot
+        close, the window between that look-up and the new run.
+
+        Raises TrackerUnavailable when offline or when the server fails (the tracker then goes offline),
+        and when another live process held the key's claim for LOG_CLAIM_WAIT_S (the job stays pending).
+        """
+        self.require_online()
+        key = record["job_key"]
+        claim_name = log_claim_name(key)
+        try:
+            claim = locks.claim_wait(claim_name, LOG_CLAIM_WAIT_S)
+        except OSError:  # no writable locks folder: log unguarded, the FINISHED look-up still applies
+            claim = contextlib.nullcontext()
+        if claim is None:
+            owner = locks.holder(claim_name)
+            raise TrackerUnavailable(f"job {key} is being logged by {owner.describe() if owner else 'another process'}"
+                                     "; it stays pending for `harness sync`")
+        with claim:
+            try:
+                if self.finished_run(key) is not None:
+                    return None
+            except Exception as exc:  # noqa: BLE001
+                self.go_offline(exc)
+                raise TrackerUnavailable(f"logging job {key} failed: {self.offline_reason}") from exc
+            return self._log_job_run(record, artifacts)
+
+    def _log_job_run(self, record: dict[str, Any], artifacts: dict[str, Path] | None) -> str:
+        """Create the job's run and fill it; FINISHED only once everything is in, FAILED if anything fails."""
         from mlflow.entities import Metric, Param, RunStatus
 
-        self.require_online()
         tags = job_tags(record, self.suite)
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
@@ -234,17 +464,24 @@ class Tracker:
         return run_id
 
     def log_profile(self, row: dict[str, Any]) -> str:
-        """One run per (backbone, batch size) profile row: numbers as metrics, the rest as params."""
+        """One run per (backbone, batch size) profile row: numbers as metrics, the rest as params.
+
+        Raises TrackerUnavailable when offline or when the store fails (the tracker then goes offline).
+        """
         self.require_online()
         metrics = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         params = {k: str(v)[:500] for k, v in flatten(row).items() if k not in metrics}
         name = f"{row['backbone']}:{row['variant']} bs={row['batch_size']} {row.get('device', '')}"
-        with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name,
-                                   tags={"harness.kind": "profile", "harness.backbone": row["backbone"]}):
-            self.mlflow.log_params(params)
-            self.mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
-            self.mlflow.log_dict(row, "profile.json")
-            return self.mlflow.active_run().info.run_id
+        try:
+            with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name,
+                                       tags={"harness.kind": "profile", "harness.backbone": row["backbone"]}):
+                self.mlflow.log_params(params)
+                self.mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+                self.mlflow.log_dict(row, "profile.json")
+                return self.mlflow.active_run().info.run_id
+        except Exception as exc:  # noqa: BLE001
+            self.go_offline(exc)
+            raise TrackerUnavailable(f"logging a profile row failed: {self.offline_problem()}") from exc
 
     def job_runs(self):  # -> pandas.DataFrame
         """Every finished job run of the suite, newest first, as MLflow's own DataFrame.
@@ -263,6 +500,14 @@ class Tracker:
                 self.go_offline(exc)
         warn(f"leaderboard of suite '{self.suite}' compiled from local run records (MLflow is unreachable)")
         return runs_from_records(self.suite)
+
+
+def log_claim_name(key: str) -> str:
+    """The harness.locks name under which job `key` is logged (a digest when the key is no valid name)."""
+    import hashlib
+
+    name = f"mlflow-log-{key}"
+    return name if locks.valid_name(name) else f"mlflow-log-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
 def job_tags(record: dict[str, Any], suite: str | None = None) -> dict[str, str]:
@@ -311,17 +556,18 @@ def job_params(record: dict[str, Any]) -> dict[str, str]:
 
 
 def runs_from_records(suite: str, root: Path | None = None):  # -> pandas.DataFrame
-    """The suite's local records in the shape of `mlflow.search_runs` (the columns the leaderboard reads)."""
+    """The suite's local records in the shape of `mlflow.search_runs` (the columns the leaderboard reads).
+
+    Records that fail validation are moved aside by the store and counted in one warning (and in the
+    frame's `attrs["unreadable_records"]`), so a leaderboard never silently lacks a finished job.
+    """
     import pandas as pd
 
+    from harness.records import RecordStore, unreadable_note
+
+    store = RecordStore(root)
     rows = []
-    for path in sorted((Path(root) if root else harness_home() / "records").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("suite") != suite:
-            continue
+    for record in store.records(suite):
         row = {f"tags.{k}": v for k, v in job_tags(record).items()}
         row.update({f"params.{k}": v for k, v in job_params(record).items()})
         row.update({f"metrics.{k}": float(v) for k, v in {**record["metrics"], **item_se_metrics(record)}.items()})
@@ -331,6 +577,9 @@ def runs_from_records(suite: str, root: Path | None = None):  # -> pandas.DataFr
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values("end_time", ascending=False, kind="stable").reset_index(drop=True)
+    frame.attrs["unreadable_records"] = len(store.unreadable)
+    if store.unreadable:
+        warn(f"leaderboard of suite '{suite}': {unreadable_note(store.unreadable)}")
     return frame
 
 

@@ -9,13 +9,15 @@ huggingface_hub and torch are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import WeightsMissingError
+from harness.errors import WeightsError, WeightsMissingError
 
 DEFAULT_FILENAMES: tuple[str, ...] = (
     "model.safetensors",
@@ -121,6 +123,7 @@ def _resolve_hub(spec: str, filenames: Sequence[str]) -> ResolvedWeights:
         why += "; HF_HUB_OFFLINE is set, so no download was tried"
     if weights is None or snapshot is None:
         raise _missing(repo_id, revision, cache, why)
+    weights_format(weights)
     return ResolvedWeights("hub", spec, weights, f"{repo_id}@{snapshot.name}")
 
 
@@ -141,12 +144,14 @@ def resolve_weights(spec: str, *, seed: int = 0,
         return ResolvedWeights("random", spec, None, random_fingerprint(seed))
     local = Path(spec).expanduser()
     if local.is_file():
+        weights_format(local)
         return ResolvedWeights("file", spec, local, f"sha256:{file_sha256(local)}")
     if local.is_dir():
         found = _first_present(local, filenames)
         if found is None:
             raise WeightsMissingError(f"weights directory {local} has none of the expected files: "
                                       f"{', '.join(filenames)}")
+        weights_format(found)
         return ResolvedWeights("file", spec, found, f"sha256:{file_sha256(found)}")
     if spec.startswith(("/", "./", "../", "~")) or spec.endswith(_PATH_SUFFIXES):
         raise WeightsMissingError(f"weights path {local} does not exist (give an existing file or directory, "
@@ -154,16 +159,120 @@ def resolve_weights(spec: str, *, seed: int = 0,
     return _resolve_hub(spec, filenames)
 
 
-def load_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors only: safetensors, or torch.load(weights_only=True); never arbitrary pickles or remote code."""
+_MAX_SAFETENSORS_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6
+_PICKLE_PROTO = b"\x80"  # the legacy torch.save format starts with a pickle (protocol 2+)
+
+
+def _safetensors_problem(path: Path, size: int, head: bytes) -> str | None:
+    """None when the file starts like a safetensors file (u64 header length, then that much JSON object)."""
+    if size < 8:
+        return f"{size} bytes, shorter than a safetensors header"
+    n = int.from_bytes(head[:8], "little")
+    if n > min(size - 8, _MAX_SAFETENSORS_HEADER):
+        return f"its header claims {n} bytes but the file has {size}"
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "its header is not JSON"
+    return None if isinstance(header, dict) else "its header is not a JSON object"
+
+
+def weights_format(path: Path) -> Literal["safetensors", "torch"]:
+    """What a weights file holds, from its first bytes (not its name): safetensors, or a torch checkpoint
+    (zip or legacy pickle). Anything else (a text file, an HTML error page, a truncated download) is a
+    WeightsError naming the file, found when the weights are resolved, before any model is built."""
     path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+        problem = _safetensors_problem(path, size, head)
+    except OSError as exc:
+        raise WeightsError(f"weights file {path} cannot be read: {exc.strerror or exc}") from None
+    if problem is None:
+        return "safetensors"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise WeightsError(f"weights file {path} is not a valid safetensors file ({problem}); re-download it "
+                           "or give another file with --weights")
+    if head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        return "torch"
+    raise WeightsError(f"weights file {path} is neither a safetensors file nor a torch checkpoint (it starts "
+                       f"with {head[:8]!r}); give a .safetensors file or a state dict saved with torch.save")
 
-        return load_file(str(path), device="cpu")
-    import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _why_refused(exc: Exception) -> str:
+    """The informative line of torch's multi-paragraph weights_only refusal (the object it would not load)."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it holds a Python object ({found.group(1)}), not only tensors"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(
+        ("Weights only load failed", "Please file an issue", "Check the documentation"))]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors only: safetensors, or torch.load(weights_only=True); never arbitrary pickles or remote code.
+
+    The format comes from the file's bytes (`weights_format`); a file that cannot be read as tensors, or a pickle
+    torch refuses, is a one-line WeightsError naming the file."""
+    path = Path(path)
+    fmt = weights_format(path)
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        import pickle
+
+        import torch
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(f"weights file {path} was refused: {_why_refused(exc)}; the harness loads tensors "
+                               "only (never arbitrary pickles): convert it to .safetensors or a plain state "
+                               "dict") from None
+    except WeightsError:
+        raise
+    except Exception as exc:  # truncated zip, corrupt pickle, bad safetensors payload, ...
+        first = " ".join(str(exc).split())[:200] or "no detail"
+        raise WeightsError(f"weights file {path} cannot be read as tensors ({type(exc).__name__}: {first}); "
+                           "re-download it or give another file with --weights") from None
+
+
+def _example(keys: Sequence[str]) -> str:
+    return f" (e.g. '{keys[0]}')" if keys else ""
+
+
+def fit_state_dict(model: Any, state: dict[str, Any], path: Path, what: str = "this architecture") -> None:
+    """Load `state` into `model` strictly; a mismatch is ONE line: how many keys are missing, unexpected and of
+    another shape, with the first of each (torch's own message lists every key, often 80 lines)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing{_example(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected{_example(unexpected)}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} (e.g. '{k}': file "
+                         f"{list(state[k].shape)}, model {list(own[k].shape)})")
+        raise WeightsError(f"weights {path} do not fit {what}: {', '.join(parts)} of {len(own)} keys; give "
+                           "weights of this backbone and variant (--variant, --weights)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # a non-tensor value under a parameter's name, ...
+        first = " ".join(str(exc).split())[:200]
+        raise WeightsError(f"weights {path} do not fit {what}: {type(exc).__name__}: {first}") from None
 
 
 def _folder_fingerprint(folder: Path, include: Sequence[str]) -> str:

@@ -97,6 +97,8 @@ class SplitJsonDataset(FewShotDataset):
             data = json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError) as exc:
             raise self._malformed(path, f"not valid JSON ({exc})") from None
+        except RecursionError:  # a hostile or broken file nested thousands deep
+            raise self._malformed(path, "not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):
             raise self._malformed(path, "expected an object whose keys train, val and test hold lists")
         label_name: dict[int, str] = {}

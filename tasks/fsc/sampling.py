@@ -102,7 +102,7 @@ def load_or_create_fewshot(dataset_name: str, data_fingerprint: str, train: list
     if path.is_file():
         try:
             data = json.loads(path.read_bytes())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _malformed(path, exc) from None
         known = {k: {(it.path, it.label, it.classname) for it in items}
                  for k, items in (("train", train), ("val", val))}

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, ItemSE, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
+from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED
 from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from harness.paths import harness_home
@@ -19,6 +20,7 @@ from tasks.fsc.linear_probe import l2_normalise, search_c
 from tasks.fsc.sampling import load_or_create_fewshot
 
 COARSE_C_GRID = [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6]  # CoOp lpclip's grid
+MAX_SHOTS = 100_000  # above any class of any suite dataset; a typo'd 10**400 stops at planning
 LINEAR_PROBE_KEYS = {"c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000, "tol": 1e-4}
 TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "epochs": 100, "train_batch_size": 64, "lr": 1e-4,
                         "weight_decay": 5e-4, "temperature": 0.2, "grad_clip": 1.0}
@@ -27,33 +29,36 @@ TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "epochs": 100, "train_bat
 class FSCProtocol(StrictModel):
     """One protocol point. Keys of the head not chosen are None, so they never change a job's key."""
 
-    shots: int = Field(16, ge=1, description="K images per class sampled from train")
-    seed: int = Field(1, description="seeds the K-shot (and few-shot val) sampling and head training")
+    shots: int = Field(16, ge=1, le=MAX_SHOTS, description="K images per class sampled from train")
+    seed: int = Field(1, ge=0, le=MAX_SEED,
+                      description="seeds the K-shot (and few-shot val) sampling and head training")
     head: Literal["linear-probe", "text-classifier"] = "linear-probe"
     # linear-probe (CoOp lpclip): C from a coarse grid + log-space bisection, scored on the few-shot val
     c_grid: list[float] | None = Field(None, min_length=1)
     c_search_steps: int | None = Field(None, ge=0)
-    max_iter: int | None = Field(None, ge=1)
+    max_iter: int | None = Field(None, ge=1, le=MAX_ITERATIONS)
     tol: float | None = Field(None, gt=0, description="L-BFGS stopping tolerance (sklearn/lpclip: 1e-4)")
     # text-classifier (Vermouth): neck or linear projection → cosine vs text embeddings, CE(cos / T)
     text_space: str | None = None
-    epochs: int | None = Field(None, ge=1)
-    train_batch_size: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS)
+    train_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     temperature: float | None = Field(None, gt=0)
     grad_clip: float | None = Field(None, gt=0)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _head_defaults(cls, data: Any) -> Any:
+    def _head_defaults(cls, data: Any, handler: Any) -> FSCProtocol:
+        """The chosen head's defaults fill in; every value given is validated, the other head's too (a suite
+        shared by both heads must not hide a typo), then the other head's keys are cleared."""
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         head = data.get("head", "linear-probe")
         mine, other = ((LINEAR_PROBE_KEYS, TEXT_CLASSIFIER_KEYS) if head == "linear-probe"
                        else (TEXT_CLASSIFIER_KEYS, LINEAR_PROBE_KEYS))
-        data = {k: v for k, v in data.items() if k not in other}
-        return {**{k: (list(v) if isinstance(v, list) else v) for k, v in mine.items()}, **data}
+        model = handler({**{k: (list(v) if isinstance(v, list) else v) for k, v in mine.items()}, **data})
+        return model.model_copy(update=dict.fromkeys(other))
 
 
 def labels_of(items: list[ImageItem]) -> np.ndarray:

@@ -78,6 +78,8 @@ class SegmentationDataset(Dataset):
                 names = json.loads(path.read_text())
             except (ValueError, UnicodeDecodeError) as exc:
                 raise self._malformed(path, f"not valid JSON ({exc})") from None
+            except RecursionError:  # a hostile or broken file nested thousands deep
+                raise self._malformed(path, "not valid JSON (nested too deeply)") from None
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
                 raise self._malformed(path, "expected a non-empty JSON list of class-name strings")
             if self.n_classes is not None and len(names) != self.n_classes:

@@ -19,10 +19,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.api import Backbone, JobContext, Result, StrictModel, Task
-from harness.cache import payload_bytes, worth_storing
+from harness.cache import payload_bytes, worth_storing, write_cache_file
 from harness.catalog import register_task
+from harness.config import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_SEED
 from harness.errors import ConfigError, HarnessError
-from harness.io import atomic_write_bytes, canonical_json, sha256_text
+from harness.io import canonical_json, sha256_text
 from harness.numerics import head_dtype, seeded_init, text_precision
 from harness.paths import harness_home
 
@@ -46,7 +47,7 @@ OVERLAY_IMAGES = 4
 class OVSSProtocol(StrictModel):
     """One protocol point. `eval_style` fills the evaluation keys it owns unless they are given."""
 
-    seed: int = Field(1, description="seeds the head init, the training views and dropout")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="seeds the head init, the training views and dropout")
     train_dataset: str = "coco_stuff_171"
     text_space: str = "clip:vit-l-14"
     templates: list[str] = Field(default_factory=lambda: list(OVSS_TEMPLATES), min_length=1)
@@ -54,8 +55,8 @@ class OVSSProtocol(StrictModel):
     crop_size: int = Field(512, ge=16)
     train_scale: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=2, max_length=2)
     flip: bool = True
-    iterations: int = Field(20000, ge=1)
-    batch_size: int = Field(16, ge=1)
+    iterations: int = Field(20000, ge=1, le=MAX_ITERATIONS)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
     lr: float = Field(1e-4, gt=0)  # AdamW, poly(0.9) decay
     weight_decay: float = Field(1e-2, ge=0)
     head_channels: int = Field(256, ge=1)
@@ -331,7 +332,7 @@ def load_or_train_head(backbone: Backbone, train_ds, space, protocol: OVSSProtoc
             "logit_scale": float(head.logit_scale.detach())}
     buf = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in head.state_dict().items()}, "meta": meta}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_cache_file(path, buf.getvalue())
     ctx.count("ovss_head_trained")
     return head, {**info, "head_reused": False, **meta}
 

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from harness.api import Backbone, ImageItem, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
+from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
 from harness.errors import ConfigError, HarnessError
 from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
@@ -32,11 +33,12 @@ GRID_FILE = "sbir_top10.png"
 class SBIRProtocol(StrictModel):
     """One protocol point (defaults: the Vermouth recipe, trained for more than its single epoch)."""
 
-    seed: int = Field(1, description="seeds the head init, the training shuffle and the per-class cap")
+    seed: int = Field(1, ge=0, le=MAX_SEED,
+                      description="seeds the head init, the training shuffle and the per-class cap")
     text_space: str = Field("clip:vit-l-14", description="text tower of the class anchors, '<backbone>:<variant>'")
     templates: list[str] | None = Field(None, min_length=1, description="anchor prompts; None = the dataset's")
-    epochs: int = Field(5, ge=1)
-    train_batch_size: int = Field(64, ge=1)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
+    train_batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     scale: float = Field(SCALE_PRESETS["vermouth"], gt=0,

@@ -128,8 +128,8 @@ def test_killed_between_record_and_mlflow_relogs_the_artifacts_on_resume(tmp_pat
         def preflight(self, jobs):
             pass
 
-        def _run_jobs(self, jobs, done, progress):
-            for j in jobs:
+        def _run_jobs(self, jobs, done, progress, take):
+            for j in filter(take, jobs):
                 done(j, {**record(j.key), "job_key": j.key}, {"qualitative": scratch / "grid.png"})
 
     dying = Tracker("t")
