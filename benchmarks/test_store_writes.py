@@ -7,6 +7,13 @@ total, it does not sum the table), and close to the plain write (the ledger's tr
 Entries: a CLIP ViT-B/16 global feature (512 numbers, fp16 store), the kind a 130k-image CoOp-11 run stores.
 Asserted: every put is stored and the ledger's total equals the bytes on disk (behaviour, not speed); the
 ratios are reported, not asserted.
+
+Measured on 2026-12-02 (2 cores, other jobs running on both), this file against the commit before the change
+(6b3fdb9: `SUM(bytes)` over the ledger and an fsync per put) and after it, one run each:
+  before: 0.76 ms per put into an empty store, 19.2 ms at 100,000 entries (52 puts/s; ×25 the empty cost);
+  after:  0.57 ms empty, 0.34 ms at 100,000 entries (2,930 puts/s; ×0.6: flat), plain write 0.10 ms.
+At GPU extraction rates (thousands of images/s) the old put bounded a stored extraction at ~50 images/s once
+the store held a CoOp-11 split; now the main process's store write costs about as much as decoding one image.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import WeightsError, WeightsMissingError
+from harness.errors import WeightsError, WeightsMissingError, warn
 
 DEFAULT_FILENAMES: tuple[str, ...] = (
     "model.safetensors",
@@ -71,11 +71,31 @@ def _first_present(folder: Path, filenames: Sequence[str]) -> Path | None:
     return next((folder / n for n in filenames if (folder / n).is_file()), None)
 
 
+# Hub ids that moved: the old id still resolves, to its maintained copy at the pinned revision, with a one-line
+# note (once per process). A revision given with the old id is kept: the copy carries the same commits.
+HUB_ALIASES: dict[str, str] = {
+    # Removed from the hub in 2024; the SD 1.5 weights live on, unchanged, in the community-maintained copy.
+    "runwayml/stable-diffusion-v1-5":
+        "stable-diffusion-v1-5/stable-diffusion-v1-5@451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
+}
+_ALIASES_NOTED: set[str] = set()
+
+
 def _parse_hub_id(spec: str) -> tuple[str, str | None]:
-    """'hf-hub:org/name@rev' -> ('org/name', 'rev'); prefix and revision are optional."""
+    """'hf-hub:org/name@rev' -> ('org/name', 'rev'); prefix and revision are optional; a moved id (HUB_ALIASES)
+    becomes its maintained copy."""
     repo = spec.removeprefix("hf-hub:")
     repo, sep, revision = repo.partition("@")
-    return repo, (revision if sep and revision else None)
+    rev = revision if sep and revision else None
+    if repo in HUB_ALIASES:
+        old = repo
+        repo, _, pinned = HUB_ALIASES[old].partition("@")
+        rev = rev or pinned or None
+        if old not in _ALIASES_NOTED:
+            _ALIASES_NOTED.add(old)
+            warn(f"weights id '{old}' was removed from the Hugging Face hub; using its maintained copy "
+                 f"'{repo}{f'@{rev}' if rev else ''}' instead (give that id to silence this note)")
+    return repo, rev
 
 
 def _missing(repo_id: str, revision: str | None, cache: Path, why: str) -> WeightsMissingError:

@@ -13,6 +13,9 @@ from typing import Any
 from harness.api import VariantCard
 
 LEVELS = ("L0", "L1", "L2", "L3")
+# The maintained copy of the SD 1.5 release (runwayml's repo left the hub in 2024; its id is an alias, see
+# harness.weights.HUB_ALIASES), pinned to a commit so the weights never change under a job key.
+SD15_WEIGHTS = "stable-diffusion-v1-5/stable-diffusion-v1-5@451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
 
 # What both variants share: the method's FSC feature setting (t=200, DDPM noise, mid+up levels) with the
 # leak-free empty prompt, and BLIP's caption settings as the official code runs them (§3 of the method report).
@@ -33,7 +36,7 @@ _FEATURES: dict[str, Any] = {
 
 VERMOUTH: dict[str, VariantCard] = {
     "sd15": VariantCard(
-        name="sd15", arch="sd15", weights="runwayml/stable-diffusion-v1-5",
+        name="sd15", arch="sd15", weights=SD15_WEIGHTS,
         description="Stable Diffusion v1.5 (any diffusers-layout folder, SD 2.x too), 512 px, t=200, "
                     "levels mid/up0/up1/up2+up3 = 1280/1280/1280/960 channels",
         extra={

@@ -29,7 +29,7 @@ class FewShotDataset(ClassificationDataset):
     class_file: ClassVar[str] = ""  # a separate class-name file, when the format has one
     templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)  # CoOp's CUSTOM_TEMPLATES
     # Published split sizes and class count (protocols.md §A.1, CoOp Table 1): the cost of a plan whose data is
-    # not prepared yet (harness.cost). No "val" entry: the few-shot val is drawn from the test split (ImageNet).
+    # not prepared yet (harness.cost). No "val" entry: no val split, the few-shot val is drawn from train (ImageNet).
     n_classes: ClassVar[int | None] = None
 
     def __init__(self, root: Path):
@@ -139,11 +139,16 @@ class SplitJsonDataset(FewShotDataset):
 
 @register_dataset("imagenet")
 class ImageNet(FewShotDataset):
-    """No split json: train = every file of `images/train/<wnid>/`, val = test = `images/val/<wnid>/`."""
+    """No split json: train = every file of `images/train/<wnid>/`, test = `images/val/<wnid>/`, no val split.
+
+    CoOp (Dassl) reuses the test images as val; here the few-shot val is drawn from train instead, disjoint from
+    the K-shot support (`tasks.fsc.sampling`), so the probe's C is never chosen on test images. The fingerprint
+    names that rule, so results and few-shot files of the test-as-val era never mix with these.
+    """
 
     name = "imagenet"
     folder = "imagenet"
-    # train: ILSVRC-2012's 1,281,167 images (protocols.md rounds to 1.28M); no val: it is the test split
+    # train: ILSVRC-2012's 1,281,167 images (protocols.md rounds to 1.28M); no val split (ILSVRC val is the test)
     published_sizes = {"train": 1_281_167, "test": 50_000}
     n_classes = 1000
     image_dir = "images"
@@ -190,8 +195,11 @@ class ImageNet(FewShotDataset):
                     raise self._missing(split_dir / wnid / "*", f"every {split} image of '{wnid_name[wnid]}'")
                 items[split] += [ImageItem(path=f"{split}/{wnid}/{f}", label=label, classname=wnid_name[wnid])
                                  for f in files]
-        return {"train": items["train"], "val": items["val"], "test": list(items["val"])}, \
-            [wnid_name[w] for w in wnids]
+        return {"train": items["train"], "val": [], "test": items["val"]}, [wnid_name[w] for w in wnids]
+
+    def fingerprint(self) -> str:
+        """The class-name file's hash plus where the few-shot val comes from (see the class docstring)."""
+        return sha256_text(canonical_json({"fewshot_val": "train-minus-support", "files": super().fingerprint()}))
 
 
 @register_dataset("caltech101")

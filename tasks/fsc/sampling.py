@@ -4,6 +4,10 @@ Dassl (`DatasetBase.generate_fewshot_dataset`) groups items by label in insertio
 `random.sample(items, K)` per class from the globally seeded `random`; train is sampled first, then val with
 min(K, 4). One `random.Random(seed)` stream consumed in that order reproduces it. A class with fewer than K
 items keeps all of them (Dassl's default `repeat=False`), and the info dict says which.
+
+A dataset without a val split (ImageNet: CoOp scores its ILSVRC val folder as the test split) draws the few-shot
+val from the train items the K-shot draw left, with the same stream and the same per-class rule, so the val is
+disjoint from the support and nothing is ever selected on test images. (Dassl reuses the test split as val there.)
 """
 
 from __future__ import annotations
@@ -44,13 +48,23 @@ def sample_few_shot(items: list[ImageItem], shots: int, seed: int) -> tuple[list
 
 
 def fewshot_split(train: list[ImageItem], val: list[ImageItem], shots: int, seed: int) -> dict[str, Any]:
-    """Train with K then val with min(K, 4) from ONE Random(seed) stream, in Dassl's order."""
+    """Train with K then val with min(K, 4) from ONE Random(seed) stream, in Dassl's order. An empty `val` (no
+    val split) means the val is drawn from the train items left after the K-shot draw (`info["val_from"]`)."""
     rng = random.Random(seed)
     val_shots = min(shots, VAL_SHOTS_MAX)
     train_k, train_info = _sample(train, shots, rng)
-    val_k, val_info = _sample(val, val_shots, rng) if val else ([], {"short_classes": {}})
+    pool = val if val else _rest(train, train_k)
+    val_k, val_info = _sample(pool, val_shots, rng) if pool else ([], {"short_classes": {}})
     info = {"shots": shots, "val_shots": val_shots, "seed": seed, "train": train_info, "val": val_info}
+    if not val:
+        info["val_from"] = "train"
     return {"train": train_k, "val": val_k, "info": info}
+
+
+def _rest(items: list[ImageItem], taken: list[ImageItem]) -> list[ImageItem]:
+    """`items` without `taken`, in their order (compared by path: an image is never both support and val)."""
+    used = {it.path for it in taken}
+    return [it for it in items if it.path not in used]
 
 
 def fewshot_path(home: Path, dataset_name: str, data_fingerprint: str, shots: int, seed: int) -> Path:
@@ -105,7 +119,7 @@ def load_or_create_fewshot(dataset_name: str, data_fingerprint: str, train: list
         except (ValueError, RecursionError) as exc:
             raise _malformed(path, exc) from None
         known = {k: {(it.path, it.label, it.classname) for it in items}
-                 for k, items in (("train", train), ("val", val))}
+                 for k, items in (("train", train), ("val", val or train))}  # no val split: val is train's
         return _from_json(path, data, known)
     split = fewshot_split(train, val, shots, seed)
     atomic_write_json(path, _to_json(split, dataset_name, data_fingerprint))

@@ -65,6 +65,16 @@ def labels_of(items: list[ImageItem]) -> np.ndarray:
     return np.array([it.label for it in items])
 
 
+def fewshot_parts(dataset: ClassificationDataset, shots: int, seed: int) -> tuple[dict[str, list[ImageItem]],
+                                                                                   dict[str, Any]]:
+    """The images a job reads: the persisted K-shot train and few-shot val (drawn from train when the dataset has
+    no val split, as ImageNet), and the whole test split; plus the draw itself (its `info`)."""
+    splits = dataset.splits()
+    fewshot = load_or_create_fewshot(dataset.name, dataset.fingerprint(), splits["train"], splits["val"],
+                                     shots, seed, harness_home())
+    return {"train": fewshot["train"], "val": fewshot["val"], "test": splits["test"]}, fewshot
+
+
 @register_task("fsc")
 class FewShotClassification(Task):
     name = "fsc"
@@ -76,10 +86,7 @@ class FewShotClassification(Task):
 
     def evaluate(self, backbone: Backbone, dataset: ClassificationDataset, protocol: FSCProtocol,
                  ctx: JobContext) -> Result:
-        splits = dataset.splits()
-        fewshot = load_or_create_fewshot(dataset.name, dataset.fingerprint(), splits["train"], splits["val"],
-                                         protocol.shots, protocol.seed, harness_home())
-        parts = {"train": fewshot["train"], "val": fewshot["val"], "test": splits["test"]}
+        parts, fewshot = fewshot_parts(dataset, protocol.shots, protocol.seed)
         if protocol.head == "linear-probe":
             metrics, details = self._linear_probe(backbone, dataset, parts, protocol, ctx)
         else:

@@ -134,7 +134,7 @@ def test_dry_run_of_the_real_suite_prices_it_without_data_or_weights(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == "error: dry run: 2 weights and 21 datasets missing; nothing ran"
     assert lines[0].startswith("device auto → ")  # the `all` suite's device, resolved once
-    for text in ("vermouth:sd15", "runwayml/stable-diffusion-v1-5", "clip:vit-l-14 (text space)",
+    for text in ("vermouth:sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "clip:vit-l-14 (text space)",
                  "hf download", "caltech101", "coco_stuff_171", "harness data prepare ade150"):
         assert text in proc.stderr, text
     assert proc.stdout.index("plan: suite 'all'") < proc.stdout.index("| total ")

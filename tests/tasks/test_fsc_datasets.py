@@ -298,13 +298,14 @@ def test_imagenet_tree(tmp_path: Path) -> None:
     ds.verify()
     assert ds.classnames() == ["tench", "goldfish", "great white shark"]
     splits = ds.splits()
-    assert len(splits["train"]) == 9 and len(splits["val"]) == 3 and splits["test"] == splits["val"]
+    # No val split: ILSVRC's val folder is the test split (the few-shot val comes from train, sampling.py).
+    assert len(splits["train"]) == 9 and splits["val"] == [] and len(splits["test"]) == 3
     assert splits["train"][0].model_dump() == {"path": "train/n01440764/n01440764_0.JPEG", "label": 0,
                                                "classname": "tench"}
-    assert {(it.label, it.classname) for it in splits["val"]} == {(0, "tench"), (1, "goldfish"),
-                                                                  (2, "great white shark")}
+    assert {(it.label, it.classname) for it in splits["test"]} == {(0, "tench"), (1, "goldfish"),
+                                                                   (2, "great white shark")}
     shark = root / "images" / "val" / "n01484850" / "ILSVRC2012_val_n01484850.JPEG"
-    assert ds.image_path(splits["val"][2]) == shark
+    assert ds.image_path(splits["test"][2]) == shark
     assert len(ds.fingerprint()) == 64
     shutil.rmtree(root / "images" / "val" / "n01443537")
     with pytest.raises(DataMissingError) as err:

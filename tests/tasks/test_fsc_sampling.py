@@ -72,7 +72,15 @@ def test_fewshot_split_val_shots_and_info() -> None:
     assert len(split["train"]) == 64 and len(split["val"]) == 16
     assert split["info"]["val_shots"] == 4 and split["info"]["shots"] == 16 and split["info"]["seed"] == 2
     assert len(fewshot_split(TRAIN, VAL, 2, seed=2)["val"]) == 8
-    assert fewshot_split(TRAIN, [], 2, seed=2)["val"] == []
+    # No val split: the val is drawn from what the K-shot draw left of train, continuing the same stream.
+    no_val = fewshot_split(TRAIN, [], 2, seed=2)
+    assert no_val["train"] == fewshot_split(TRAIN, VAL, 2, seed=2)["train"] and no_val["info"]["val_from"] == "train"
+    rng = random.Random(2)
+    support = [it for group in (TRAIN[i:i + 20] for i in range(0, 80, 20)) for it in rng.sample(group, 2)]
+    rest = [it for it in TRAIN if it not in support]
+    assert no_val["train"] == support
+    assert no_val["val"] == [it for group in (rest[i:i + 18] for i in range(0, 72, 18)) for it in rng.sample(group, 2)]
+    assert "val_from" not in fewshot_split(TRAIN, VAL, 2, seed=2)["info"]
 
 
 def test_bad_shots() -> None:

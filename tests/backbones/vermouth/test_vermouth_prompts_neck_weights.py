@@ -76,8 +76,7 @@ def test_missing_hub_id_offline_names_it_and_the_fetch_command(tmp_path, monkeyp
     for call in (lambda: VermouthBackbone(cfg), lambda: VermouthBackbone.weights_fingerprint(cfg)):
         with pytest.raises(WeightsMissingError) as err:
             call()
-        assert "runwayml/stable-diffusion-v1-5" in str(err.value)
-        assert "hf download runwayml/stable-diffusion-v1-5" in str(err.value)
+        assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --revision 451f4fe" in str(err.value)
 
 
 def test_incomplete_folder_names_the_missing_part(tiny_folder, tmp_path):
