@@ -23,7 +23,9 @@ import math
 import os
 import shutil
 import sqlite3
+import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +251,25 @@ def forget_ledgers() -> None:
 
 
 _WARNED: set[str] = set()
+# Entries this process has checked against their checksum, by (path, size, mtime): checked once per process,
+# not once per job (a file rewritten since is checked again).
+_VERIFIED: set[tuple[str, int, int]] = set()
+# The entries this process read last, up to RECENT_BYTES (a constant: memory stays bounded by it, never by a
+# split). Consecutive jobs of one backbone read the same val/test entries; a hit skips the file and its decode.
+RECENT_BYTES = 256 * 2**20
+_RECENT: OrderedDict[tuple[str, int, int], Payload] = OrderedDict()
+_RECENT_SIZE = [0]
+
+
+def _remember(seen: tuple[str, int, int], payload: Payload) -> None:
+    size = payload_bytes(payload)
+    if size > RECENT_BYTES // 4:  # a big dense entry would only push out many small ones
+        return
+    _RECENT[seen] = payload
+    _RECENT_SIZE[0] += size
+    while _RECENT_SIZE[0] > RECENT_BYTES:
+        _, old = _RECENT.popitem(last=False)
+        _RECENT_SIZE[0] -= payload_bytes(old)
 
 
 def _warn_once(message: str) -> None:
@@ -287,7 +308,6 @@ class FeatureCache:
         self.kind = kind
         self.dtype = dtype
         self.stats = CacheStats()
-        self._verified: set[str] = set()  # entries whose checksum this object has checked once
         self.ledger = ledger_for(self.root)
         self.writable = True
         meta = self.dir / "namespace.json"
@@ -314,18 +334,28 @@ class FeatureCache:
         from safetensors.torch import safe_open
 
         path = self.path(image_sha)
-        if not path.is_file():
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             self.stats.misses += 1
             return None
+        seen = (str(path), st.st_size, st.st_mtime_ns)
+        recent = _RECENT.get(seen)
+        if recent is not None:  # read (and verified) moments ago by this process, unchanged on disk since
+            _RECENT.move_to_end(seen)
+            self.stats.hits += 1
+            return recent
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-            if image_sha not in self._verified:
+            if seen not in _VERIFIED:
                 if meta.get("sha256") != _digest(tensors):
                     raise ValueError("checksum mismatch")
-                self._verified.add(image_sha)
-                self.ledger.touch(self._rel(image_sha))  # once per job is enough for LRU
+                _VERIFIED.add(seen)
+                self.ledger.touch(self._rel(image_sha))  # once per process is enough for LRU
         except Exception:  # truncated, corrupt or foreign: recompute, never use
             path.unlink(missing_ok=True)
             self.ledger.forget(self._rel(image_sha))
@@ -333,7 +363,9 @@ class FeatureCache:
             self.stats.misses += 1
             return None
         self.stats.hits += 1
-        return tensors[_GLOBAL] if list(tensors) == [_GLOBAL] else tensors
+        payload = tensors[_GLOBAL] if list(tensors) == [_GLOBAL] else tensors
+        _remember(seen, payload)
+        return payload
 
     def put(self, image_sha: str, payload: Payload) -> bool:
         """Store an entry (in the store dtype), evicting least recently used entries past the budget; True if

@@ -127,6 +127,7 @@ class FeatureSet:
         self.mode = "streamed"
         self._store: bool | None = None  # decided from the bytes per item, once known
         self._elements: int | None = None  # numbers per image's features
+        self._resident: Rows | None = None  # a prepared set small enough to hold whole (see `prepare`)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -231,6 +232,10 @@ class FeatureSet:
             for _ in self._compute_stream(todo):
                 pass
         self.mode = "stored"
+        if len(self.items) * 4 * self._elements_per_item() <= MAX_BATCH_BYTES:
+            # A set no bigger than one streamed batch (a few-shot train set) is held for the job, so each of its
+            # epochs does not read every entry back from disk: memory stays bounded by a batch, as streaming's.
+            self._resident = self.rows(range(len(self.items)))
         return self
 
     def _compute_rows(self, indices: Sequence[int]) -> list[Payload]:
@@ -247,6 +252,9 @@ class FeatureSet:
     def rows(self, index: Sequence[int] | torch.Tensor) -> Rows:
         """The rows at `index` (any order): read from the store, the misses computed together in one batch."""
         idx = [int(i) for i in index]
+        if self._resident is not None:
+            held = self._resident
+            return {k: v[idx] for k, v in held.items()} if isinstance(held, dict) else held[idx]
         found: list[Payload | None] = [self._read(self.shas[i]) for i in idx]
         missing = [n for n, p in enumerate(found) if p is None]
         if missing:

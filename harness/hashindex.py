@@ -9,6 +9,7 @@ only a cache: when it cannot be opened or written (read-only or full disk), file
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -64,19 +65,20 @@ def _store(conn: sqlite3.Connection, key: tuple[str, int, int], sha: str) -> Non
 
 def file_sha256_cached(path: Path | str) -> str:
     """sha256 of the file at `path`, from the index when (path, size, mtime) are unchanged, else hashed now."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    sha = _MEMORY.get(key)
+    st = os.stat(path)
+    seen = (str(path), st.st_size, st.st_mtime_ns)  # this process's key: one stat, no path resolution
+    sha = _MEMORY.get(seen)
     if sha is not None:
         return sha
+    path = Path(path).resolve()
+    key = (str(path), st.st_size, st.st_mtime_ns)  # the index's key: the same file under any spelling
     conn = _connection()
     sha = _lookup(conn, key) if conn is not None else None
     if sha is None:
         sha = sha256_file(path)
         if conn is not None:
             _store(conn, key, sha)
-    _MEMORY[key] = sha
+    _MEMORY[seen] = sha
     return sha
 
 
