@@ -257,13 +257,14 @@ _VERIFIED: set[tuple[str, int, int]] = set()
 # The entries this process read last, up to RECENT_BYTES (a constant: memory stays bounded by it, never by a
 # split). Consecutive jobs of one backbone read the same val/test entries; a hit skips the file and its decode.
 RECENT_BYTES = 256 * 2**20
+RECENT_MAX_ENTRY = 2**20  # global features and small maps; an sd15 entry (11-23 MB) is never kept
 _RECENT: OrderedDict[tuple[str, int, int], Payload] = OrderedDict()
 _RECENT_SIZE = [0]
 
 
 def _remember(seen: tuple[str, int, int], payload: Payload) -> None:
     size = payload_bytes(payload)
-    if size > RECENT_BYTES // 4:  # a big dense entry would only push out many small ones
+    if size > RECENT_MAX_ENTRY:  # big dense maps stream: keeping a few would only push out many small ones
         return
     _RECENT[seen] = payload
     _RECENT_SIZE[0] += size

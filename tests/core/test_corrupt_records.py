@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from record_factory import record
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -18,21 +19,6 @@ from harness.errors import HarnessError
 from harness.records import RecordStore, validate_record
 from harness.sync import sync_suite
 from harness.tracking import Tracker, runs_from_records
-
-
-def record(key: str, seed: int = 1, suite: str = "t", **changes) -> dict:
-    rec = {
-        "schema_version": 1, "job_key": key, "suite": suite,
-        "backbone": {"name": "resnet", "variant": "tiny", "options": {}},
-        "backbone_fingerprint": {"weights_kind": "random"}, "weights_fingerprint": "w",
-        "task": "fsc", "task_version": "1", "primary_metric": "top1", "report_metrics": ["top1"],
-        "dataset": "mini_coop", "data_fingerprint": "d", "protocol": {"seed": seed, "shots": 1},
-        "column": "shots=1", "metrics": {"top1": 10.0 * seed}, "details": {}, "timings": {}, "counters": {},
-        "memory": {}, "environment": {"git_commit": "c", "device": "cpu", "packages": {"torch": "2"}},
-        "finished_at": f"2026-01-0{seed}T00:00:00+00:00",
-    }
-    rec.update(changes)
-    return rec
 
 
 def good_bytes(key: str, **changes) -> bytes:

@@ -243,3 +243,23 @@ def test_a_streamed_batch_of_big_dense_maps_is_capped_by_bytes_not_rows(tmp_path
     assert fs.rows_per_batch(256) == MAX_BATCH_BYTES // per_image == 47
     sizes = [len(b["L3"]) for b in fs.batches(256)]
     assert sizes == [47, 1] and ctx.counters.get("images_recomputed", 0) == 0
+
+
+def test_recent_entries_are_bounded_and_never_stale(monkeypatch):
+    import os
+
+    import harness.cache as hc
+
+    monkeypatch.setattr(hc, "RECENT_BYTES", 5 * 4000)  # room for five 4 kB entries
+    monkeypatch.setattr(hc, "_RECENT", hc.OrderedDict())
+    monkeypatch.setattr(hc, "_RECENT_SIZE", [0])
+    cache = FeatureCache(FP, "global")
+    shas = [f"{i:02x}" * 32 for i in range(12)]
+    for i, sha in enumerate(shas):
+        cache.put(sha, torch.full((1000,), float(i)))
+        assert cache.get(sha) is not None
+        assert hc._RECENT_SIZE[0] == sum(hc.payload_bytes(p) for p in hc._RECENT.values()) <= 5 * 4000
+    assert len(hc._RECENT) == 5
+    cache.put(shas[-1], torch.full((1000,), -1.0))  # rewritten on disk: the remembered copy must not be served
+    os.utime(cache.path(shas[-1]), ns=(10**18, 10**18))  # even within one mtime tick a new mtime is a new key
+    assert torch.equal(cache.get(shas[-1]), torch.full((1000,), -1.0))

@@ -5,24 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from record_factory import record
 
 from harness.errors import HarnessError
 from harness.records import RecordStore
 from harness.sync import sync_suite
 from harness.tracking import Tracker, TrackerUnavailable, runs_from_records
-
-
-def record(key: str, seed: int = 1, suite: str = "t") -> dict:
-    return {
-        "schema_version": 1, "job_key": key, "suite": suite,
-        "backbone": {"name": "resnet", "variant": "tiny", "options": {}},
-        "backbone_fingerprint": {"weights_kind": "random"}, "weights_fingerprint": "w",
-        "task": "fsc", "task_version": "1", "primary_metric": "top1", "report_metrics": ["top1"],
-        "dataset": "mini_coop", "data_fingerprint": "d", "protocol": {"seed": seed, "shots": 1},
-        "column": "shots=1", "metrics": {"top1": 10.0 * seed}, "details": {}, "timings": {}, "counters": {},
-        "memory": {}, "environment": {"git_commit": "c", "device": "cpu", "packages": {"torch": "2"}},
-        "finished_at": f"2026-01-0{seed}T00:00:00+00:00",
-    }
 
 
 def test_unreachable_server_goes_offline_fast_and_warns(monkeypatch, capsys):

@@ -75,7 +75,7 @@ def run_harness(*args: str, env: dict[str, str] | None = None, cwd: Path | None 
 # Run as `python -c DIE_AT ARGS`: the harness CLI with ARGS, which SIGKILLs itself at an exact point of the
 # code named by $HARNESS_TEST_DIE_AT, "KIND|WHAT|N" (N counts from 1):
 #   write|SUBSTRING|N   in harness.io's atomic write, after the N-th temp file whose path holds SUBSTRING is
-#                       written and fsynced, before it is renamed (a cache entry, a record, a head, ...)
+#                       written (and fsynced, where it is), before it is renamed (a cache entry, a record, ...)
 #   call|MODULE:ATTR|N  as the N-th call of the function or method MODULE:ATTR starts
 #   iter|MODULE:ATTR|N  as the generator function MODULE:ATTR is about to hand out its N-th item
 DIE_AT = r"""
@@ -89,13 +89,13 @@ def due():
     if seen[0] == int(nth):
         os.kill(os.getpid(), signal.SIGKILL)
 
-if kind == "write":
-    real_fsync = os.fsync
-    def fsync(fd):
-        real_fsync(fd)
-        if what in os.readlink(f"/proc/self/fd/{fd}"):
+if kind == "write":  # the rename that would publish the temp file (feature-store entries are not fsynced)
+    real_replace = os.replace
+    def replace(src, dst, *args, **kwargs):
+        if what in os.fspath(src):
             due()
-    os.fsync = fsync
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = replace
 else:
     module, _, attr = what.partition(":")
     *parents, name = attr.split(".")
