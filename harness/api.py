@@ -74,6 +74,14 @@ class Backbone(abc.ABC):
 
             raise ConfigError(f"backbone '{cls.name}' takes no options, got {', '.join(sorted(config.options))}")
 
+    @classmethod
+    def task_options(cls, variant: str, task: str) -> dict[str, Any]:
+        """The backbone's own settings for one task (Vermouth: the method's per-task resolution, timestep, prompt
+        and cross-attention), declared on the variant card as `extra["task_presets"][task]`. They are the base of
+        a job's options: the suite's, the suite entry's and `--opt` override them. Plain backbones have none."""
+        presets = cls.variants[variant].extra.get("task_presets", {})
+        return dict(presets.get(task, {}))
+
     @abc.abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Images → a batch tensor with the model's own resolution and normalisation."""

@@ -288,8 +288,7 @@ def profile_cmd(
     from harness.config import MAX_BATCH_SIZE, BackboneConfig, check_device_available, parse_ints, validate
     from harness.errors import UnknownNameError
     from harness.planner import resolve_backbones, resolve_device
-    from harness.profiler import profile
-    from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
+    from harness.profiler import profile_rows
     from harness.tracking import Tracker
 
     sizes = parse_ints("--batch-sizes", batch_sizes, minimum=1, maximum=MAX_BATCH_SIZE)
@@ -307,18 +306,40 @@ def profile_cmd(
         err.print(why, highlight=False)
     tracker = Tracker("profiles", experiment="profiles")
     rows = []
-    for cfg in configs:
-        cfg = cfg.model_copy(update={"device": device})
-        name, var = cfg.name, cfg.variant
-        for row in profile(cfg, sizes, warmup=warmup, repeats=repeats):
-            tracker.log_profile(row)
-            rows.append(row)
-            err.print(f"{name}:{var} bs={row['batch_size']}: " + (row.get("error") or
-                      f"{row['latency_median_s'] * 1000:.1f} ms/batch, {row['images_per_s']:.1f} img/s"))
+    try:
+        for cfg in configs:
+            cfg = cfg.model_copy(update={"device": device})
+            name, var = cfg.name, cfg.variant
+            for row in profile_rows(cfg, sizes, warmup=warmup, repeats=repeats):
+                tracker.log_profile(row)
+                rows.append(row)
+                err.print(f"{name}:{var} bs={row['batch_size']}: " + (row.get("error") or
+                          f"{row['latency_median_s'] * 1000:.1f} ms/batch, {row['images_per_s']:.1f} img/s"))
+    except KeyboardInterrupt:
+        _profile_interrupted(rows, len(configs) * len(sizes), out_dir, suite)
+    print(_write_profiles(rows, out_dir, suite))
+
+
+def _write_profiles(rows: list[dict], out_dir: Path, suite: str) -> str:
+    """Merge `rows` into `<out_dir>/profiles.csv`, write `profiles.md` (joined with the suite's accuracy); its text."""
+    from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
+
     table = update_profiles(rows, out_dir)
     text = render_profiles(table, accuracy_by_backbone(out_dir / f"{suite}.csv"), suite)
     (out_dir / "profiles.md").write_text(text)
-    print(text)
+    return text
+
+
+def _profile_interrupted(rows: list[dict], total: int, out_dir: Path, suite: str) -> NoReturn:
+    """Ctrl-C in `profile`: the rows measured so far (each already logged to MLflow) are written to profiles.csv
+    and .md as a finished run would, said in one line with how to go on; exit 130 (SIGINT)."""
+    kept = "nothing written"
+    if rows:
+        _write_profiles(rows, out_dir, suite)
+        kept = f"logged to MLflow and written to {out_dir / 'profiles.csv'}"
+    err.print(f"interrupted: {len(rows)} of {total} profile row(s) measured, {kept}; rerun the same command to "
+              "finish (it measures every row again; a new row replaces its old one)", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 @app.command("compare")
@@ -453,6 +474,8 @@ def data_prepare(
 
     if into is not None and not archive:
         raise HarnessError("--into goes with --archive")
+    if max_unpacked_gb is not None and not archive:
+        raise HarnessError("--max-unpacked-gb goes with --archive (it caps what an archive may unpack to)")
     ds = open_dataset(name, generate=not archive)
     if not archive:
         if ds.embedded:
@@ -539,22 +562,50 @@ def extract_cmd(
     _check_inputs()
     configs = backbone_configs(_split_csv(backbone), suite or suite_for_dataset(dataset), variant=variant,
                                weights=weights, device=device, dtype=dtype, batch_size=batch_size,
-                               options=parse_overrides(opt or [], "--opt"), feature_dtype=feature_dtype)
+                               options=parse_overrides(opt or [], "--opt"), feature_dtype=feature_dtype,
+                               dataset=dataset)
     if executor == "processes":  # Ray workers may have the GPU this driver lacks
         for cfg in configs:
             check_device_available(cfg.device)
     _set_workers(workers)
-    for cfg in configs:
-        s = extract_dataset(cfg, dataset, kinds=_split_csv(kind) or ["global"], split=_split_csv(split) or None,
-                            workers=shards, executor=executor, address=address, threads=threads)
-        options = "".join(f" {k}={v}" for k, v in cfg.options.items())
-        twins = f" (+{s.items - s.images} files with the same bytes)" if s.items > s.images else ""
-        out.print(f"{s.backbone}{options} {s.dataset}: {s.images} images{twins} x {'+'.join(s.kinds)}, {s.shards} "
-                  f"shard(s) on {s.workers} {s.executor} worker(s): {s.extracted} extracted, {s.cached} already "
-                  f"cached, {s.seconds:.1f} s", highlight=False, soft_wrap=True)
-        if s.streamed:
-            err.print(f"[yellow]warning:[/yellow] {s.streamed} feature(s) were computed but not stored: the cache "
-                      "budget (HARNESS_CACHE_BUDGET_GB) is spent")
+    entries_before, done = _cache_entries(), 0
+    try:
+        for cfg in configs:
+            s = extract_dataset(cfg, dataset, kinds=_split_csv(kind) or ["global"], split=_split_csv(split) or None,
+                                workers=shards, executor=executor, address=address, threads=threads)
+            done += 1
+            options = "".join(f" {k}={v}" for k, v in cfg.options.items())
+            twins = f" (+{s.items - s.images} files with the same bytes)" if s.items > s.images else ""
+            out.print(f"{s.backbone}{options} {s.dataset}: {s.images} images{twins} x {'+'.join(s.kinds)}, "
+                      f"{s.shards} shard(s) on {s.workers} {s.executor} worker(s): {s.extracted} extracted, "
+                      f"{s.cached} already cached, {s.seconds:.1f} s", highlight=False, soft_wrap=True)
+            if s.streamed:
+                err.print(f"[yellow]warning:[/yellow] {s.streamed} feature(s) were computed but not stored: the "
+                          "cache budget (HARNESS_CACHE_BUDGET_GB) is spent")
+    except KeyboardInterrupt:
+        _extract_interrupted(dataset, done, len(configs), entries_before)
+
+
+def _cache_entries() -> int | None:
+    """Entries in the feature cache (from its ledger); None when it cannot be read (then nothing is counted)."""
+    from harness.cache import cache_info
+
+    try:
+        return sum(row["entries"] for row in cache_info())
+    except Exception:  # noqa: BLE001 (a count for a message; never a reason to fail)
+        return None
+
+
+def _extract_interrupted(dataset: str, done: int, total: int, entries_before: int | None) -> NoReturn:
+    """Ctrl-C in `extract`: how many backbone configs finished and how much the cache grew (entries are written
+    whole, one by one, and kept), and that the same command goes on where it stopped; exit 130 (SIGINT)."""
+    now = _cache_entries()
+    grew = f"; the feature cache grew by {now - entries_before} entries (kept)" if (
+        now is not None and entries_before is not None) else ""
+    err.print(f"interrupted: {done} of {total} backbone config(s) finished extracting {dataset}{grew}; rerun the "
+              "same command to extract only what is missing (cached entries are skipped)", highlight=False,
+              soft_wrap=True)
+    raise typer.Exit(130)
 
 
 @app.command()

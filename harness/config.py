@@ -91,6 +91,9 @@ class SuiteEntry(StrictModel):
     datasets: list[str] = Field(min_length=1)
     protocol: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    # Backbone feature options for this entry's jobs only: over the backbone's task preset and the suite's
+    # options, under --opt (a suite can pin, say, Vermouth's t for one task).
+    backbone_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("grid")
     @classmethod

@@ -301,7 +301,7 @@ def _published(part: Part, tally: Tally) -> None:
     else:
         split = part.split
         if split == "val" and "val" not in sizes and part.shots is not None:
-            split = "test"  # no published val: the few-shot val is drawn from the test split (ImageNet)
+            split = "train"  # no published val: the few-shot val is drawn from train, minus the support (ImageNet)
         size = sizes.get(split)
         key = (cls.folder, split if cls.task_family == "fsc" else f"{part.dataset}:{split}")
     if size is None:
@@ -333,17 +333,20 @@ def estimate(the_plan: Plan, jobs: list[Job], out_dir: Path, resume: bool = True
     todo = [j for j in jobs if not (resume and store.exists(j.key))]
     wanted = {(j.backbone, j.task, j.dataset, canonical_json(j.protocol)) for j in todo}
     backbones = [_Backbone(cfg, cfg in the_plan.unresolved, out_dir) for cfg in the_plan.backbones]
+    index = {cfg: i for i, cfg in enumerate(the_plan.backbones)}
     data = _Data()
     rows: dict[tuple[int, str, str], Row] = {}
     unplanned = 0
-    for bi, bb in enumerate(backbones):
+    for base, configs in enumerate(the_plan.entry_configs):
         for point in the_plan.points:
+            bi = index[configs[point.entry]]  # the config this backbone runs the point's task with
+            bb = backbones[bi]
             if point.planned and (bb.cfg, point.task, point.dataset, canonical_json(point.protocol)) not in wanted:
                 continue
             if not point.planned:
                 if skip_missing:
                     continue
-                unplanned += bi == 0
+                unplanned += base == 0
             reads = READS.get(point.task)
             row = rows.setdefault((bi, point.task, point.dataset), Row(bb.label, point.task, point.dataset))
             if reads is None:

@@ -47,13 +47,14 @@ def _get(run: pd.Series, key: str, default=""):
     return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
 
-def _varying_options(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
-    """Per (backbone, variant): the option columns whose values differ between its runs."""
+def _varying_options(runs: pd.DataFrame) -> dict[tuple[str, str, str], list[str]]:
+    """Per (backbone, variant, task): the option columns whose values differ between its runs. Options that
+    differ only between tasks (a backbone's per-task preset) keep one row; the provenance lists them."""
     option_cols = [c for c in runs.columns if c.startswith(OPTION_PREFIX)]
-    out: dict[tuple[str, str], list[str]] = {}
+    out: dict[tuple[str, str, str], list[str]] = {}
     if not option_cols:
         return out
-    for key, group in runs.groupby(["tags.harness.backbone", "tags.harness.variant"]):
+    for key, group in runs.groupby(["tags.harness.backbone", "tags.harness.variant", "tags.harness.task"]):
         out[key] = [c for c in option_cols if group[c].astype(str).nunique(dropna=False) > 1]
     return out
 
@@ -95,7 +96,7 @@ def runs_to_values(runs: pd.DataFrame) -> pd.DataFrame:
     for _, run in runs.iterrows():
         name, variant = run["tags.harness.backbone"], run["tags.harness.variant"]
         options = ", ".join(f"{c.removeprefix(OPTION_PREFIX)}={_option(run.get(c))}"
-                            for c in varying.get((name, variant), []))
+                            for c in varying.get((name, variant, run["tags.harness.task"]), []))
         label = backbone_label(name, variant, _get(run, "tags.harness.weights_kind"), options)
         primary = run["tags.harness.primary_metric"]
         reported = run.get("tags.harness.report_metrics")
@@ -274,6 +275,8 @@ class Provenance:
     weights: pd.DataFrame  # backbone, weights_kind, weights_fingerprint
     tasks: pd.DataFrame  # task, task_version, datasets, settings, seeds
     protocol: dict[str, dict[str, str]] = field(default_factory=dict)  # task.vN → protocol params constant there
+    # backbone, task, options: the backbone options each task's cells ran with (Vermouth's per-task presets)
+    settings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def provenance(runs: pd.DataFrame, values: pd.DataFrame, now: dt.datetime | None = None) -> Provenance:
@@ -304,7 +307,21 @@ def provenance(runs: pd.DataFrame, values: pd.DataFrame, now: dt.datetime | None
                 if len(vals) == 1:
                     constant[c.removeprefix("params.protocol.")] = vals[0]
             protocol[f"{task}.v{version}"] = constant
-    return Provenance(compiled, versions, git, weights, pd.DataFrame(tasks), protocol)
+    return Provenance(compiled, versions, git, weights, pd.DataFrame(tasks), protocol, backbone_settings(values))
+
+
+def backbone_settings(values: pd.DataFrame) -> pd.DataFrame:
+    """One row per backbone row and task: the backbone options its cells ran with (`t=50, resolution=512`), all
+    distinct sets joined by ` | `; rows without options are left out."""
+    option_cols = sorted(c for c in values.columns if c.startswith("option."))
+    rows = []
+    for (backbone, task), g in values.groupby(["backbone", "task"], sort=True):
+        sets = sorted({", ".join(f"{c.removeprefix('option.')}={r[c]}" for c in option_cols if r[c] is not None
+                                 and not (isinstance(r[c], float) and pd.isna(r[c])))
+                       for _, r in g.iterrows()} - {""})
+        if sets:
+            rows.append({"backbone": backbone, "task": task, "options": " | ".join(sets)})
+    return pd.DataFrame(rows, columns=["backbone", "task", "options"])
 
 
 @dataclass
@@ -339,6 +356,8 @@ def provenance_markdown(p: Provenance) -> str:
     for r in p.tasks.itertuples():
         lines.append(f"- task {r.task} v{r.task_version}: datasets {r.datasets}; settings {r.settings}; "
                      f"seeds {r.seeds}")
+    for r in p.settings.itertuples():
+        lines.append(f"- backbone options of {r.backbone} for {r.task}: {r.options}")
     return "\n".join(lines)
 
 

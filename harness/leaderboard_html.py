@@ -336,6 +336,11 @@ def provenance_html(lb: Leaderboard) -> str:
         parts.append("<table class=prov><thead><tr><th>task</th><th>version</th><th>datasets</th><th>settings</th>"
                      "<th>seeds</th><th>protocol (shared by all its runs)</th></tr></thead><tbody>"
                      + "".join(rows) + "</tbody></table>")
+    if not p.settings.empty:
+        rows = "".join(f"<tr><td>{escape(r.backbone)}</td><td>{escape(r.task)}</td>"
+                       f"<td style='white-space:normal'>{escape(r.options)}</td></tr>" for r in p.settings.itertuples())
+        parts.append("<table class=prov><thead><tr><th>backbone</th><th>task</th><th>backbone options its cells ran "
+                     f"with</th></tr></thead><tbody>{rows}</tbody></table>")
     return "\n".join(parts)
 
 

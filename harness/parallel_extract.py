@@ -373,9 +373,11 @@ def suite_for_dataset(dataset_name: str) -> str:
 
 def backbone_configs(backbones: list[str], suite: str, variant: str | None = None, weights: str | None = None,
                      device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
-                     options: dict[str, Any] | None = None, feature_dtype: str | None = None) -> list[BackboneConfig]:
+                     options: dict[str, Any] | None = None, feature_dtype: str | None = None,
+                     dataset: str | None = None) -> list[BackboneConfig]:
     """Exactly the configs `harness run --suite SUITE` builds with the same flags (planner.backbone_config),
-    one per backbone and backbone-grid point, so the cache namespaces are the ones the run will read."""
+    one per backbone, backbone-grid point and suite entry that lists `dataset` (each task has its own preset;
+    every entry when no dataset is given), so the cache namespaces are the ones the run will read."""
     from harness.config import RunConfig, validate
     from harness.planner import backbone_config, backbone_option_points, resolve_backbones
     from harness.suites import load_suite
@@ -384,5 +386,9 @@ def backbone_configs(backbones: list[str], suite: str, variant: str | None = Non
     run = validate(RunConfig, {"suite": spec.name, "backbones": backbones, "variant": variant, "weights": weights,
                                "device": device, "dtype": dtype, "batch_size": batch_size,
                                "feature_dtype": feature_dtype, "backbone_options": options or {}}, "command line")
-    return [backbone_config(name, run, spec, point) for name in resolve_backbones(run.backbones)
-            for point in backbone_option_points(run, spec)]
+    # An entry reads a dataset it lists or names in its protocol (OVSS's `train_dataset`).
+    entries = [e for e in spec.entries if dataset is None or dataset in e.datasets
+               or dataset in (v for v in e.protocol.values() if isinstance(v, str))] or [None]
+    configs = [backbone_config(name, run, spec, point, entry) for name in resolve_backbones(run.backbones)
+               for point in backbone_option_points(run, spec) for entry in entries]
+    return list(dict.fromkeys(configs))  # entries of one task (or equal presets) share a config

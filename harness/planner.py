@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.api import Dataset, StrictModel
 from harness.catalog import BACKBONES, DATASETS, TASKS
-from harness.config import BackboneConfig, RunConfig, SuiteSpec, validate
+from harness.config import BackboneConfig, RunConfig, SuiteEntry, SuiteSpec, validate
 from harness.errors import ConfigError, UnknownNameError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.paths import data_root
@@ -73,6 +73,7 @@ class PlanPoint:
     dataset: str
     protocol: dict[str, Any]
     planned: bool  # every dataset it needs is prepared, so it has one job per backbone config
+    entry: int = 0  # its suite entry (`Plan.entry_configs` gives each backbone's config for it)
 
 
 @dataclass
@@ -80,7 +81,9 @@ class Plan:
     suite: SuiteSpec
     jobs: list[Job] = field(default_factory=list)
     missing: list[MissingDataset] = field(default_factory=list)
-    backbones: list[BackboneConfig] = field(default_factory=list)
+    backbones: list[BackboneConfig] = field(default_factory=list)  # every distinct config a job runs with
+    # Per backbone x backbone-grid point, its config for each suite entry (the task's preset makes them differ).
+    entry_configs: list[list[BackboneConfig]] = field(default_factory=list)
     points: list[PlanPoint] = field(default_factory=list)
     missing_weights: list[MissingWeights] = field(default_factory=list)  # dry runs only (a run stops instead)
     unresolved: list[BackboneConfig] = field(default_factory=list)  # configs whose weights are missing (dry run)
@@ -124,25 +127,30 @@ def resolve_device(device: str) -> tuple[str, str | None]:
 
 
 def backbone_option_points(run: RunConfig, suite: SuiteSpec) -> list[dict[str, Any]]:
-    """Suite options, then each point of the suite's backbone grid, then the command line's --opt."""
+    """Suite options, then each point of the suite's backbone grid: one backbone config (and leaderboard row)
+    each. A job's options add the backbone's task preset below and the entry's options and --opt above."""
     axes = list(suite.backbone_grid)
     points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*suite.backbone_grid.values())]
-    return [{**suite.backbone_options, **point, **run.backbone_options} for point in points]
+    return [{**suite.backbone_options, **point} for point in points]
 
 
-def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, options: dict[str, Any] | None = None
-                    ) -> BackboneConfig:
+def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, point: dict[str, Any] | None = None,
+                    entry: SuiteEntry | None = None) -> BackboneConfig:
+    """The config one backbone runs a suite entry with. Options, each over the one before: the backbone's preset
+    for the entry's task (Vermouth: the method's per-task settings), the suite's options and backbone-grid
+    point, the entry's options, the command line's --opt."""
     cls = BACKBONES.get(name)
     # A variant the backbone lacks is an error listing its variants, whether --variant or the suite named it.
     variant = run.variant or suite.variant or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
     device = resolve_device(run.device or suite.device)[0]  # `auto` → what this machine has
+    options = {**(cls.task_options(variant, entry.task) if entry is not None else {}), **(point or {}),
+               **(entry.backbone_options if entry is not None else {}), **run.backbone_options}
     cfg = BackboneConfig(name=name, variant=variant, weights=run.weights, device=device,
                          dtype=run.dtype or suite.dtype,
                          feature_dtype=run.feature_dtype or suite.feature_dtype,
-                         batch_size=run.batch_size or suite.batch_size,
-                         options=run.backbone_options if options is None else options)
+                         batch_size=run.batch_size or suite.batch_size, options=options)
     cls.validate_options(cfg)
     return cfg
 
@@ -172,21 +180,21 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     """Expand a suite into jobs; datasets that are not prepared are listed, not planned."""
     _check_overrides(suite, run.overrides)
     result = Plan(suite=suite)
-    backbones = []
+    bases: list[list[tuple[BackboneConfig, str, str]]] = []  # per backbone x grid point: per entry
+    weights_fps: dict[BackboneConfig, str] = {}
     for name in resolve_backbones(run.backbones):
-        for options in backbone_option_points(run, suite):
-            cfg = backbone_config(name, run, suite, options)
-            cls = BACKBONES.get(name)
-            card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
-            if run.dry_run:  # missing weights are listed; only this config's jobs get the placeholder
-                weights_fp = _weights_fingerprint(cls, cfg, f"{name}:{cfg.variant}", result)
-                if weights_fp is None:
-                    weights_fp = WEIGHTS_MISSING
-                    result.unresolved.append(cfg)
-            else:
-                weights_fp = cls.weights_fingerprint(cfg)
-            backbones.append((cfg, weights_fp, card))
-            result.backbones.append(cfg)
+        cls = BACKBONES.get(name)
+        for point in backbone_option_points(run, suite):
+            per_entry = []
+            for entry in suite.entries:
+                cfg = backbone_config(name, run, suite, point, entry)
+                if cfg not in weights_fps:
+                    weights_fps[cfg] = _job_weights_fingerprint(cls, cfg, run.dry_run, result)
+                    result.backbones.append(cfg)
+                card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
+                per_entry.append((cfg, weights_fps[cfg], card))
+            result.entry_configs.append([cfg for cfg, _, _ in per_entry])
+            bases.append(per_entry)
     data_fps: dict[str, str | None] = {}
     text_spaces: dict[str, None] = {}
 
@@ -201,7 +209,7 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                 data_fps[name] = None
         return data_fps[name]
 
-    for entry in suite.entries:
+    for entry_index, entry in enumerate(suite.entries):
         task = TASKS.get(entry.task)
         overrides = {k: v for k, v in run.overrides.items() if k in task.protocol_model.model_fields}
         for ds_name in entry.datasets:
@@ -214,17 +222,19 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                 protocol = validated.model_dump(mode="json")
                 if isinstance(protocol.get("text_space"), str):
                     text_spaces[protocol["text_space"]] = None
-                result.points.append(PlanPoint(entry.task, ds_name, protocol, planned=None not in fps))
+                result.points.append(PlanPoint(entry.task, ds_name, protocol, planned=None not in fps,
+                                               entry=entry_index))
                 if any(fp is None for fp in fps):
                     continue
                 data_fp = fps[0] if len(fps) == 1 else sha256_text(canonical_json(dict(zip(names, fps, strict=True))))
-                for cfg, weights_fp, card_fp in backbones:
+                for cfg, weights_fp, card_fp in (per_entry[entry_index] for per_entry in bases):
                     result.jobs.append(Job(
                         suite=suite.name, backbone=cfg, task=entry.task, task_version=task.version,
                         dataset=ds_name, protocol=protocol, column=task.column_label(protocol),
                         data_fingerprint=data_fp, weights_fingerprint=weights_fp, card_fingerprint=card_fp))
-    order = {cfg: i for i, (cfg, _, _) in enumerate(backbones)}
-    result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone built at a time
+    order = {cfg: i for i, cfg in enumerate(result.backbones)}
+    result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone config built at a time
+    result.missing_weights = list({(m.needed_by, m.weights): m for m in result.missing_weights}.values())
     if run.dry_run:  # a run finds a missing text tower when a job builds it; a dry run lists it up front
         for spec in text_spaces:
             _check_text_space(spec, result)
@@ -250,6 +260,18 @@ def _missing_weights(needed_by: str, spec: str, exc: WeightsMissingError) -> Mis
     if exc.fetch and os.environ.get("HF_HUB_OFFLINE", "").upper() not in {"1", "ON", "YES", "TRUE"}:
         fetch += " (a run that is not a dry run downloads it itself)"
     return MissingWeights(needed_by, exc.weights or spec, exc.looked_in or str(exc), fetch)
+
+
+def _job_weights_fingerprint(cls: Any, cfg: BackboneConfig, dry_run: bool, result: Plan) -> str:
+    """The weights fingerprint of a job's config; a dry run lists missing weights (and the config as unresolved)
+    and gives only that config's jobs the placeholder."""
+    if not dry_run:
+        return cls.weights_fingerprint(cfg)
+    weights_fp = _weights_fingerprint(cls, cfg, f"{cfg.name}:{cfg.variant}", result)
+    if weights_fp is None:
+        result.unresolved.append(cfg)
+        return WEIGHTS_MISSING
+    return weights_fp
 
 
 def _weights_fingerprint(cls: Any, cfg: BackboneConfig, needed_by: str, result: Plan) -> str | None:

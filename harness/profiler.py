@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from harness.config import BackboneConfig
@@ -84,7 +85,13 @@ def measure(config: BackboneConfig, batch_size: int, warmup: int, repeats: int) 
 
 def profile(config: BackboneConfig, batch_sizes: list[int], warmup: int = 2, repeats: int = 5) -> list[dict]:
     """One child process per batch size; a failure (e.g. out of memory) becomes an `error` row."""
-    rows = []
+    return list(profile_rows(config, batch_sizes, warmup, repeats))
+
+
+def profile_rows(config: BackboneConfig, batch_sizes: list[int], warmup: int = 2, repeats: int = 5
+                 ) -> Iterator[dict]:
+    """`profile`, one row at a time as each child finishes: a caller interrupted half-way (Ctrl-C) keeps the rows
+    already measured."""
     for bs in batch_sizes:
         payload = json.dumps({"config": config.model_dump(mode="json"), "batch_size": bs, "warmup": warmup,
                               "repeats": repeats})
@@ -93,11 +100,10 @@ def profile(config: BackboneConfig, batch_sizes: list[int], warmup: int = 2, rep
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             if "HarnessError" in proc.stderr or "Error" in tail:
-                rows.append({"backbone": config.name, "variant": config.variant, "batch_size": bs, "error": tail})
+                yield {"backbone": config.name, "variant": config.variant, "batch_size": bs, "error": tail}
                 continue
             raise HarnessError(f"profiling {config.name}:{config.variant} at batch {bs} failed: {tail}")
-        rows.append(json.loads(lines[-1]))
-    return rows
+        yield json.loads(lines[-1])
 
 
 if __name__ == "__main__":

@@ -13,11 +13,15 @@ A local SQLite store that cannot be used (corrupt, unwritable folder, full disk,
 handled the same way, within seconds: `check_sqlite_store` opens it with the sqlite3 module first, so
 that MLflow, whose engine creation retries a failing connection for about 100 s with no setting to
 shorten it, only ever sees a file that opens. The one case that stops instead is a store folder that is
-a file (HARNESS_HOME pointing at a file), where records could not be kept either.
+a file (HARNESS_HOME pointing at a file), where records could not be kept either. A database server
+(postgresql://, mysql://, mssql://, with or without +driver) gets the same treatment from
+`check_database_store`: a TCP connect with a short timeout, then one connection attempt, both bounded,
+before MLflow (and its retry loop) is handed the URI.
 
 Several processes may share one store: experiment creation tolerates the race, a job key is logged
 at most once (a FINISHED run for it is looked up under a per-key claim, see harness.locks), and a
-parent run left RUNNING by a killed process of this host is closed as KILLED by the next invocation.
+parent run left RUNNING by a killed process of this host is closed as KILLED by the next invocation,
+with the job runs it left RUNNING under it.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from harness import locks
 from harness.errors import HarnessError, warn
@@ -48,6 +54,11 @@ FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 # how long `log_job` waits for another process that is logging the same job key.
 STORE_CHECK_BUDGET_S = 2.0
 LOG_CLAIM_WAIT_S = 30.0
+# A database server as the store: its default ports, the TCP connect timeout, and the bound on the whole
+# up-front check (name lookup, connect, one login); MLflow alone would retry a failing connection ~100 s.
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+DB_CONNECT_TIMEOUT_S = 3.0
+DB_CHECK_BUDGET_S = 10.0
 
 
 def tracking_uri() -> str:
@@ -81,6 +92,86 @@ def sqlite_path(uri: str) -> Path | None:
     if url.query.get("uri") == "true" and database.startswith("file:"):
         return Path(unquote(database[len("file:"):].split("?")[0]))
     return Path(database)
+
+
+def database_backend(uri: str) -> str | None:
+    """'postgresql', 'mysql' or 'mssql' for a database-server URI (`postgresql+psycopg2://...` too); else None."""
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    backend = scheme.partition("+")[0]
+    return backend if backend in DATABASE_PORTS else None
+
+
+def shown_uri(uri: str) -> str:
+    """The URI as messages show it: a password in it is replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def tcp_address(uri: str) -> tuple[str, int] | None:
+    """The (host, port) a database URI connects to over TCP, default port filled in; None where the driver
+    connects some other way (no host: a local socket; `host=`/`unix_socket=` in the query; an ODBC DSN)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    backend = database_backend(uri)
+    if backend is None or not url.host or {"host", "unix_socket", "odbc_connect"} & set(url.query):
+        return None
+    if backend == "mssql" and url.get_driver_name() == "pyodbc" and "driver" not in url.query and not url.port:
+        return None  # mssql+pyodbc://user:pw@NAME without driver= names an ODBC DSN, not a host
+    return url.host, url.port or DATABASE_PORTS[backend]
+
+
+def check_database_store(uri: str, budget_s: float = DB_CHECK_BUDGET_S,
+                         connect_timeout_s: float = DB_CONNECT_TIMEOUT_S) -> None:
+    """Raise StoreUnusable unless the database server of `uri` answers within seconds: a TCP connect to its
+    host and port (`connect_timeout_s`), then one connection through SQLAlchemy (a missing driver, a wrong
+    password or database show here), the whole bounded by `budget_s` (a server that accepts and never
+    answers). MLflow's own engine creation retries any failure for about 100 s; it only sees a server that
+    answered once.
+    """
+    shown = shown_uri(uri)
+    outcome: dict[str, BaseException | str] = {}
+
+    def probe() -> None:
+        try:
+            address = tcp_address(uri)
+            if address is not None:
+                try:
+                    socket.create_connection(address, timeout=connect_timeout_s).close()
+                except OSError as exc:
+                    outcome["cause"] = (f"cannot connect to {address[0]}:{address[1]} within "
+                                        f"{connect_timeout_s:g} s: {exc.strerror or exc}")
+                    return
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+            try:
+                engine.connect().close()
+            finally:
+                engine.dispose()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread as the cause)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=probe, name="harness-db-store-check", daemon=True)
+    worker.start()
+    worker.join(budget_s)
+    if worker.is_alive():
+        cause = f"no answer within {budget_s:g} s"
+    elif "cause" in outcome:
+        cause = str(outcome["cause"])
+    elif "error" in outcome:
+        cause = failure_text(outcome["error"])  # type: ignore[arg-type]
+    else:
+        return
+    raise StoreUnusable(f"MLflow tracking database {shown} cannot be used: {cause}", cause)
 
 
 def experiment_name(suite: str) -> str:
@@ -231,6 +322,7 @@ class Tracker:
         # The URI may be set while still naming the default store: `mlflow.set_tracking_uri` exports it.
         self.default_store = self.uri == sqlite_uri(harness_home() / "mlflow.db")
         self.db = sqlite_path(self.uri)  # the local store's file; None for a tracking server
+        self.database = database_backend(self.uri)  # 'postgresql' | 'mysql' | 'mssql' for a database server
         self.offline_reason: str | None = None
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
@@ -257,11 +349,14 @@ class Tracker:
         """Check a local store before MLflow sees it, then open it and find (or create) the experiment.
 
         Creating the client opens (and would migrate in place) the store, and MLflow retries a connection
-        that fails for about 100 s, so a SQLite file must first be made whole and pass `check_sqlite_store`.
+        that fails for about 100 s, so a SQLite file must first be made whole and pass `check_sqlite_store`,
+        and a database server must answer `check_database_store`.
         """
         if self.db is not None:
             ensure_sqlite_store(self.uri, harness_home() / "mlartifacts" if self.default_store else None)
             check_sqlite_store(self.db)
+        elif self.database is not None:
+            check_database_store(self.uri)
         self.mlflow.set_tracking_uri(self.uri)
         self.client = self.mlflow.MlflowClient()
         self.experiment_id = self._experiment()
@@ -282,11 +377,15 @@ class Tracker:
         """What is wrong with the store, in words: which store, and why it cannot be used."""
         if self.db is not None:
             return f"MLflow store {self.db} cannot be used ({self.offline_reason})"
-        return f"MLflow tracking at {self.uri} is unreachable ({self.offline_reason})"
+        if self.database is not None:
+            return f"MLflow tracking database {shown_uri(self.uri)} cannot be used ({self.offline_reason})"
+        return f"MLflow tracking at {shown_uri(self.uri)} is unreachable ({self.offline_reason})"
 
     def remedy(self) -> str:
         if self.db is not None:
             return "fix the cause (free disk space, write permission, or move a damaged store aside to start anew)"
+        if self.database is not None:
+            return "fix the cause (start the database server, check host, port and credentials, install its driver)"
         return "wait until the server is back"
 
     def require_online(self) -> None:
@@ -363,11 +462,12 @@ class Tracker:
                     self.go_offline(exc)
 
     def close_killed_invocations(self) -> list[str]:
-        """Mark parent runs left RUNNING by a killed process of this host KILLED; returns their run ids.
+        """Mark parent runs left RUNNING by a killed process of this host KILLED, and the job runs left RUNNING
+        under them; returns the parents' run ids.
 
         A parent run records its process (pid, host, start time); one whose process no longer runs can never
-        finish. Runs of other hosts, and older runs without these tags, are left alone. A job run cut short
-        under it stays RUNNING: it is never counted (only FINISHED runs are), and the resumed run logs the job.
+        finish, nor can a job run it left RUNNING (never counted: only FINISHED runs are; the resumed run logs
+        the job anew). Runs of other hosts, and older runs without these tags, are left alone.
         """
         from mlflow.entities import RunStatus
 
@@ -387,10 +487,24 @@ class Tracker:
                 continue
             self.client.set_terminated(run.info.run_id, killed)
             closed.append(run.info.run_id)
+        children = self._close_running_children(closed, killed)
         if closed:
+            jobs = f" (and {children} job run(s) left RUNNING under them)" if children else ""
             warn(f"{len(closed)} parent run(s) of experiment '{self.experiment}' were left RUNNING by a killed "
-                 "process; marked KILLED in MLflow")
+                 f"process; marked KILLED in MLflow{jobs}")
         return closed
+
+    def _close_running_children(self, parents: list[str], status: str) -> int:
+        """Set the job runs still RUNNING under `parents` to `status`; how many there were."""
+        n = 0
+        for parent in parents:
+            children = self.client.search_runs(
+                [self.experiment_id], max_results=50000,
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'")
+            for child in children:
+                self.client.set_terminated(child.info.run_id, status)
+                n += 1
+        return n
 
     def finished_run(self, key: str) -> str | None:
         """The id of a FINISHED job run of `key` in this experiment, or None."""

@@ -198,7 +198,24 @@ def _safetensors_problem(path: Path, size: int, head: bytes) -> str | None:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return "its header is not JSON"
-    return None if isinstance(header, dict) else "its header is not a JSON object"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    return _safetensors_layout_problem(path)
+
+
+def _safetensors_layout_problem(path: Path) -> str | None:
+    """None when safetensors itself accepts the header: known dtypes, shapes that match their byte ranges, and
+    ranges that cover the file exactly (a truncated download fails here). Only the header is read (the file is
+    memory-mapped, no tensor is loaded), and without torch: planning stays cheap."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.metadata()
+    except Exception as exc:  # SafetensorError: incomplete metadata, invalid offsets, unknown dtype, ...
+        text = " ".join(str(exc).split()).removeprefix("Error while deserializing header: ")
+        return text[:200] or type(exc).__name__
+    return None
 
 
 def weights_format(path: Path) -> Literal["safetensors", "torch"]:
@@ -218,10 +235,31 @@ def weights_format(path: Path) -> Literal["safetensors", "torch"]:
     if path.suffix == ".safetensors":
         raise WeightsError(f"weights file {path} is not a valid safetensors file ({problem}); re-download it "
                            "or give another file with --weights")
-    if head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+    if head.startswith(_ZIP_MAGIC):
+        _check_torch_zip(path)
+        return "torch"
+    if head.startswith(_PICKLE_PROTO):
         return "torch"
     raise WeightsError(f"weights file {path} is neither a safetensors file nor a torch checkpoint (it starts "
                        f"with {head[:8]!r}); give a .safetensors file or a state dict saved with torch.save")
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A zip checkpoint (torch.save since 1.6) must have a readable zip directory holding a `data.pkl`: a
+    truncated download fails here, when the weights are resolved, not when the backbone is built. Only the
+    directory at the end of the file is read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise WeightsError(f"weights file {path} is a damaged torch checkpoint (its zip directory cannot be read: "
+                           f"{' '.join(str(exc).split())[:120] or type(exc).__name__}; a truncated download?); "
+                           "re-download it or give another file with --weights") from None
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise WeightsError(f"weights file {path} is a zip file but not a torch checkpoint (no data.pkl among its "
+                           f"{len(names)} member(s)); give a .safetensors file or a state dict saved with torch.save")
 
 
 def _why_refused(exc: Exception) -> str:

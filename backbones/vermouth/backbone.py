@@ -27,7 +27,7 @@ from backbones.vermouth.components import (
     resolve_pipeline,
 )
 from backbones.vermouth.diffusion import DiffusionFeatures, image_id
-from backbones.vermouth.expert import ExpertFusion, ExpertTrunk
+from backbones.vermouth.expert import ExpertFusion, ExpertTrunk, fusion_mode
 from backbones.vermouth.neck import VermouthNeck
 from backbones.vermouth.options import VermouthOptions, resolve_options
 from backbones.vermouth.prompts import BlipCaptioner, PromptSource, TextEncoder
@@ -293,7 +293,8 @@ class VermouthBackbone(Backbone):
         level_in = {k: channels[k] for k in self.options.stages}
         if self.expert is None:
             return level_in, None
-        fusion = ExpertFusion({k: channels[k] for k in self.expert.taps}, self.expert.levels())
+        fusion = ExpertFusion({k: channels[k] for k in self.expert.taps}, self.expert.levels(),
+                              fusion_mode(self.expert.kind, self.options.expert_fusion))
         for level, extra in fusion.extra_channels().items():
             level_in[level] += extra
         return level_in, fusion

@@ -5,7 +5,8 @@ Frozen part (cacheable, in the backbone's `dense` features): a timm ResNet-18 (l
 dropped, resized to L3, L2, L1, L0), fed the image in [0, 1] with the trunk's own normalisation, BatchNorm
 in eval mode (the official code left it in train mode, §9 bug 6). Trainable part (in the neck): one
 bottleneck adapter per tap (1×1 C→C/4, ReLU, 1×1 C/4→C, no bias, no residual); the adapted tap is
-concatenated to its level after L2-normalising both along channels.
+concatenated to its level as the official code does per expert (ResNet-18: both L2-normalised along channels;
+DINOv2: plain), or as option `expert_fusion` says.
 """
 
 from __future__ import annotations
@@ -102,11 +103,25 @@ class BottleneckAdapter(nn.Sequential):
                          nn.Conv2d(hidden, channels, 1, bias=False))
 
 
-class ExpertFusion(nn.Module):
-    """Adapts each tap and concatenates it to its level: cat[L2norm(level), L2norm(adapter(tap))]."""
+# How each expert joins its levels in the official code (§5): the ResNet-18 taps as cat[L2norm(level),
+# L2norm(adapter(tap))] (FSC `model.py`), the DINOv2 taps concatenated plain (SBIR `sbir_model.py`).
+OFFICIAL_FUSION = {"resnet18": "l2", "dinov2": "plain"}
 
-    def __init__(self, tap_channels: Mapping[str, int], tap_levels: Mapping[str, str]):
+
+def fusion_mode(kind: str, option: str) -> str:
+    """`official` → the official code's mode for this expert; `l2` / `plain` as given."""
+    return OFFICIAL_FUSION[kind] if option == "official" else option
+
+
+class ExpertFusion(nn.Module):
+    """Adapts each tap and concatenates it to its level: cat[L2norm(level), L2norm(adapter(tap))] (`l2`), or
+    cat[level, adapter(tap)] (`plain`)."""
+
+    def __init__(self, tap_channels: Mapping[str, int], tap_levels: Mapping[str, str], mode: str = "l2"):
         super().__init__()
+        if mode not in ("l2", "plain"):
+            raise ValueError(f"fusion mode must be 'l2' or 'plain', got '{mode}'")
+        self.mode = mode
         self.tap_levels = dict(tap_levels)
         self.adapters = nn.ModuleDict({k: BottleneckAdapter(c) for k, c in tap_channels.items()})
 
@@ -120,6 +135,8 @@ class ExpertFusion(nn.Module):
     def forward(self, levels: Mapping[str, torch.Tensor], taps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(levels)
         for key, level in self.tap_levels.items():
-            out[level] = torch.cat([F.normalize(out[level], dim=1), F.normalize(self.adapters[key](taps[key]), dim=1)],
-                                   dim=1)
+            level_map, tap = out[level], self.adapters[key](taps[key])
+            if self.mode == "l2":
+                level_map, tap = F.normalize(level_map, dim=1), F.normalize(tap, dim=1)
+            out[level] = torch.cat([level_map, tap], dim=1)
         return out

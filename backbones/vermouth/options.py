@@ -15,7 +15,7 @@ from backbones.vermouth.cards import LEVELS
 from harness.api import StrictModel, VariantCard
 from harness.config import validate
 
-CARD_INFO_KEYS = ("params", "feature_kinds")  # card data for listings, not options
+CARD_INFO_KEYS = ("params", "feature_kinds", "task_presets")  # card data for listings and planning, not options
 
 
 class UHeadOptions(StrictModel):
@@ -55,6 +55,9 @@ class VermouthOptions(StrictModel):
     resolution: int = Field(512, ge=64)
     expert: Literal["none", "resnet18", "dinov2"] = "none"
     experts: dict[str, ExpertSpec] = Field(default_factory=dict)
+    # How the adapted expert taps join their levels (a neck option): `official` = per expert as the official
+    # code (ResNet-18 L2-normalised, DINOv2 plain), `l2` = both L2-normalised, `plain` = plain concatenation.
+    expert_fusion: Literal["official", "l2", "plain"] = "official"
     cross_attention: bool = False
     cross_attention_l3: bool = False
     global_pool: Literal["levels_gap_concat"] = "levels_gap_concat"

@@ -7,6 +7,7 @@ embedded `mini_coop` dataset is written by `tasks/fsc/mini.py` in the same forma
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,14 @@ from harness.io import canonical_json, sha256_file, sha256_text
 
 SPLITS = ("train", "val", "test")
 _COOP = "CoOp DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md)"
+TEMPLATES_FILE = Path(__file__).with_name("templates.json")
+
+
+@functools.cache
+def _method_templates() -> dict[str, tuple[str, ...]]:
+    """Vermouth's per-dataset prompt lists (the file's "_source" names where they come from)."""
+    data = json.loads(TEMPLATES_FILE.read_text())
+    return {k: tuple(v) for k, v in data.items() if not k.startswith("_")}
 
 
 class FewShotDataset(ClassificationDataset):
@@ -27,7 +36,10 @@ class FewShotDataset(ClassificationDataset):
     image_dir: ClassVar[str]  # relative to the root; split paths are relative to it
     split_file: ClassVar[str] = ""  # the file that defines the splits (the first one when there are several)
     class_file: ClassVar[str] = ""  # a separate class-name file, when the format has one
-    templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)  # CoOp's CUSTOM_TEMPLATES
+    # Text-classifier prompts (FSCProtocol.templates): CoOp's one CUSTOM_TEMPLATES prompt per dataset ("coop"),
+    # or the method's set (Vermouth's templates.json, copied to tasks/fsc/templates.json) under `method_key`.
+    coop_templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
+    method_key: ClassVar[str | None] = None  # the key in templates.json; None: the dataset's name
     # Published split sizes and class count (protocols.md §A.1, CoOp Table 1): the cost of a plan whose data is
     # not prepared yet (harness.cost). No "val" entry: no val split, the few-shot val is drawn from train (ImageNet).
     n_classes: ClassVar[int | None] = None
@@ -36,6 +48,11 @@ class FewShotDataset(ClassificationDataset):
         super().__init__(root)
         self._splits: dict[str, list[ImageItem]] | None = None
         self._classnames: list[str] | None = None
+
+    @classmethod
+    def method_templates(cls) -> tuple[str, ...]:
+        """The method's prompt set for this dataset (tasks/fsc/templates.json), in the method's order."""
+        return _method_templates()[cls.method_key or cls.name]
 
     # -- the interface ---------------------------------------------------------------------------
     @property
@@ -161,7 +178,7 @@ class ImageNet(FewShotDataset):
         "download classnames.txt (lines 'n01440764 tench', from CLIP's prompt notebook) from the Google\n"
         "Drive link in DATASETS.md to $HARNESS_DATA/imagenet/classnames.txt. No split json is used."
     )
-    templates = ("a photo of a {}.",)
+    coop_templates = ("a photo of a {}.",)
 
     def _read(self) -> tuple[dict[str, list[ImageItem]], list[str]]:
         cls_path = self.root / self.class_file
@@ -217,7 +234,7 @@ class Caltech101(SplitJsonDataset):
         "it there (-> caltech-101/101_ObjectCategories/<class>/*.jpg); download split_zhou_Caltech101.json\n"
         "from the Google Drive link in DATASETS.md to $HARNESS_DATA/caltech-101/split_zhou_Caltech101.json."
     )
-    templates = ("a photo of a {}.",)
+    coop_templates = ("a photo of a {}.",)
 
 
 @register_dataset("oxford_pets")
@@ -236,7 +253,7 @@ class OxfordPets(SplitJsonDataset):
         "download split_zhou_OxfordPets.json from the Google Drive link in DATASETS.md to\n"
         "$HARNESS_DATA/oxford_pets/split_zhou_OxfordPets.json."
     )
-    templates = ("a photo of a {}, a type of pet.",)
+    coop_templates = ("a photo of a {}, a type of pet.",)
 
 
 @register_dataset("stanford_cars")
@@ -255,7 +272,7 @@ class StanfordCars(SplitJsonDataset):
         "in DATASETS.md to $HARNESS_DATA/stanford_cars/split_zhou_StanfordCars.json.\n"
         "Layout: stanford_cars/{cars_train/, cars_test/, devkit/, split_zhou_StanfordCars.json}."
     )
-    templates = ("a photo of a {}.",)
+    coop_templates = ("a photo of a {}.",)
 
 
 @register_dataset("oxford_flowers")
@@ -273,7 +290,7 @@ class OxfordFlowers(SplitJsonDataset):
         "add imagelabels.mat (same site), cat_to_name.json and split_zhou_OxfordFlowers.json (Google\n"
         "Drive links in DATASETS.md) to $HARNESS_DATA/oxford_flowers/."
     )
-    templates = ("a photo of a {}, a type of flower.",)
+    coop_templates = ("a photo of a {}, a type of flower.",)
 
 
 @register_dataset("food101")
@@ -291,7 +308,7 @@ class Food101(SplitJsonDataset):
         "split_zhou_Food101.json from the Google Drive link in DATASETS.md to\n"
         "$HARNESS_DATA/food-101/split_zhou_Food101.json."
     )
-    templates = ("a photo of {}, a type of food.",)
+    coop_templates = ("a photo of {}, a type of food.",)
 
 
 @register_dataset("fgvc_aircraft")
@@ -313,7 +330,7 @@ class FGVCAircraft(FewShotDataset):
         "(-> fgvc_aircraft/{images/<id>.jpg, variants.txt, images_variant_train.txt,\n"
         "images_variant_val.txt, images_variant_test.txt, ...}). No split json is used."
     )
-    templates = ("a photo of a {}, a type of aircraft.",)
+    coop_templates = ("a photo of a {}, a type of aircraft.",)
 
     def defining_files(self) -> list[Path]:
         return [self.root / self.class_file] + [self.root / f for f in self.split_files.values()]
@@ -358,7 +375,7 @@ class SUN397(SplitJsonDataset):
         "split_zhou_SUN397.json from the Google Drive link in DATASETS.md to\n"
         "$HARNESS_DATA/sun397/split_zhou_SUN397.json."
     )
-    templates = ("a photo of a {}.",)
+    coop_templates = ("a photo of a {}.",)
 
 
 @register_dataset("dtd")
@@ -376,7 +393,7 @@ class DTD(SplitJsonDataset):
         "split_zhou_DescribableTextures.json from the Google Drive link in DATASETS.md to\n"
         "$HARNESS_DATA/dtd/split_zhou_DescribableTextures.json."
     )
-    templates = ("{} texture.",)
+    coop_templates = ("{} texture.",)
 
 
 @register_dataset("eurosat")
@@ -393,7 +410,7 @@ class EuroSAT(SplitJsonDataset):
         "(-> eurosat/2750/<Class>/*.jpg); download split_zhou_EuroSAT.json from the Google Drive link in\n"
         "DATASETS.md to $HARNESS_DATA/eurosat/split_zhou_EuroSAT.json."
     )
-    templates = ("a centered satellite photo of {}.",)
+    coop_templates = ("a centered satellite photo of {}.",)
 
 
 @register_dataset("ucf101")
@@ -410,7 +427,7 @@ class UCF101(SplitJsonDataset):
         "Google Drive link in DATASETS.md, extract it there (-> ucf101/UCF-101-midframes/<Action>/*.jpg);\n"
         "download split_zhou_UCF101.json (DATASETS.md) to $HARNESS_DATA/ucf101/split_zhou_UCF101.json."
     )
-    templates = ("a photo of a person doing {}.",)
+    coop_templates = ("a photo of a person doing {}.",)
 
 
 # -- the embedded mini dataset -----------------------------------------------------------------
@@ -429,7 +446,8 @@ class MiniCoOp(SplitJsonDataset):
         "Generated by the harness (no download): MiniCoOp.generate(root) (tasks/fsc/mini.py) writes\n"
         "$HARNESS_DATA/mini_coop/{images/<classname>/<classname>_<n>.png, split_zhou_MiniCoOp.json}."
     )
-    templates = ("a photo of a {}.",)
+    coop_templates = ("a photo of a {}.",)
+    method_key = "imagenet"  # no method set of its own: the method's generic (ImageNet) set of 81
 
     @classmethod
     def generate(cls, root: Path) -> None:

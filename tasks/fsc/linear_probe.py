@@ -1,13 +1,23 @@
-"""The CLIP / CoOp linear-probe head: L2-normalised frozen features, logistic regression, C chosen on val.
+"""The linear-probe head: frozen features, L-BFGS logistic regression, C chosen on the few-shot val.
 
-C search as CoOp's `lpclip`: a coarse grid scored on the few-shot val split, then a log-space
-bisection around the best value. Nothing is ever selected on the test split.
+Two C-selection rules (`FSCProtocol.probe`), both scored on the few-shot val only, never on test:
+- "lpclip" (the default): CoOp's `lpclip/linear_probe.py` (KaiyangZhou/CoOp ff61507). RAW features; the coarse
+  grid's first best C (the peak), then `steps` rounds of bisection on [peak / 10, peak * 10]: each round fits
+  both ends, moves to the half (in log10 C) of the end that scores strictly higher on val (a tie goes left), and
+  its winner is that end. The LAST round's winner is kept, not the best C seen.
+- "l2-best-val": L2-normalised features, the same grid and bisection, and the best val accuracy over every C
+  tried is kept (ties: the C nearest the grid's peak in log10). The harness's rule up to FSC task version 1.
+Both fit in float64 (the stored features widened exactly), as lpclip does (its features reach sklearn as float64
+arrays via `.tolist()` and `np.savez`); float32 reductions would differ in their last bits between CPUs.
+Departure from lpclip: the K-shot train and few-shot val are the harness's Dassl-order draws (tasks/fsc/sampling.py;
+ImageNet's val from train, never its test images), not lpclip's own `np.random` draw.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +40,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
+def raw_features(x: np.ndarray) -> np.ndarray:
+    """lpclip's input: the features as they are, only widened to float64 (exact; the fit's precision)."""
+    return np.asarray(x, dtype=np.float64)
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, tol: float = 1e-4) -> LogisticRegression:
     """L-BFGS logistic regression. `tol` is where L-BFGS stops (sklearn's and lpclip's 1e-4 by default): a fit
     stopped early sits wherever the rounding of the BLAS kernels led it, so val/test predictions near the
@@ -41,25 +56,65 @@ def fit_probe(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, tol: float 
         return LogisticRegression(C=c, max_iter=max_iter, tol=tol, solver="lbfgs").fit(x, y)
 
 
-def search_c(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             grid: list[float], steps: int, max_iter: int, tol: float = 1e-4) -> ProbeResult:
-    """Best C on val: the coarse grid first, then `steps` rounds of bisection in log10(C)."""
-    cache: dict[float, tuple[float, LogisticRegression]] = {}
+class _Scorer:
+    """Fits on train and scores on val once per C (fits are deterministic, so a repeated C is the same fit)."""
 
-    def score(c: float) -> float:
-        if c not in cache:
-            model = fit_probe(x_train, y_train, c, max_iter, tol)
-            cache[c] = (float((model.predict(x_val) == y_val).mean()), model)
-        return cache[c][0]
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                 max_iter: int, tol: float):
+        self.data, self.max_iter, self.tol = (x_train, y_train, x_val, y_val), max_iter, tol
+        self.fits: dict[float, tuple[float, LogisticRegression]] = {}
 
-    scores = [score(c) for c in grid]
-    best = grid[int(np.argmax(scores))]  # first best: ties go to the earlier grid value
-    lo, hi = math.log10(best) - 1.0, math.log10(best) + 1.0
+    def __call__(self, c: float) -> float:
+        if c not in self.fits:
+            x_train, y_train, x_val, y_val = self.data
+            model = fit_probe(x_train, y_train, c, self.max_iter, self.tol)
+            self.fits[c] = (float((model.predict(x_val) == y_val).mean()), model)
+        return self.fits[c][0]
+
+    def result(self, c: float) -> ProbeResult:
+        return ProbeResult(c=c, val_accuracy=self.fits[c][0], model=self.fits[c][1])
+
+    def grid_peak(self, grid: list[float]) -> float:
+        """The grid's first best C (numpy argmax: ties go to the earlier grid value, as lpclip)."""
+        return grid[int(np.argmax([self(c) for c in grid]))]
+
+
+def search_c_lpclip(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    grid: list[float], steps: int, max_iter: int, tol: float = 1e-4) -> ProbeResult:
+    """lpclip's rule (module docstring): the last bisection round's winner; with no round, the grid's peak."""
+    score = _Scorer(x_train, y_train, x_val, y_val, max_iter, tol)
+    winner = peak = score.grid_peak(grid)
+    c_left, c_right = 0.1 * peak, 10.0 * peak  # lpclip's arithmetic: 1e-1 * peak, 1e1 * peak
     for _ in range(steps):
-        c_lo, c_hi = 10.0**lo, 10.0**hi
-        if score(c_lo) < score(c_hi):
+        mid = 0.5 * (math.log10(c_right) + math.log10(c_left))
+        if score(c_left) < score(c_right):
+            winner, log_left, log_right = c_right, mid, math.log10(c_right)
+        else:
+            winner, log_left, log_right = c_left, math.log10(c_left), mid
+        c_left, c_right = 10.0**log_left, 10.0**log_right
+    return score.result(winner)
+
+
+def search_c_best_val(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                      grid: list[float], steps: int, max_iter: int, tol: float = 1e-4) -> ProbeResult:
+    """The best val accuracy over every C tried (the grid, then `steps` rounds of bisection in log10 C)."""
+    score = _Scorer(x_train, y_train, x_val, y_val, max_iter, tol)
+    peak = score.grid_peak(grid)
+    lo, hi = math.log10(peak) - 1.0, math.log10(peak) + 1.0
+    for _ in range(steps):
+        if score(10.0**lo) < score(10.0**hi):
             lo = (lo + hi) / 2
         else:
             hi = (lo + hi) / 2
-    best_c = max(cache, key=lambda c: (cache[c][0], -abs(math.log10(c) - math.log10(best))))
-    return ProbeResult(c=best_c, val_accuracy=cache[best_c][0], model=cache[best_c][1])
+    best_c = max(score.fits, key=lambda c: (score.fits[c][0], -abs(math.log10(c) - math.log10(peak))))
+    return score.result(best_c)
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+Search = Callable[..., ProbeResult]
+
+
+def probe_parts(probe: str) -> tuple[Transform, Search]:
+    """A probe's feature transform (train, val and test alike) and C search, looked up when called (a patched
+    module function is seen)."""
+    return {"lpclip": (raw_features, search_c_lpclip), "l2-best-val": (l2_normalise, search_c_best_val)}[probe]

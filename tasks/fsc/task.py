@@ -5,7 +5,7 @@ same one; nothing is ever selected on the test split.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -16,14 +16,15 @@ from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED
 from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from harness.paths import harness_home
-from tasks.fsc.linear_probe import l2_normalise, search_c
+from tasks.fsc.linear_probe import probe_parts
 from tasks.fsc.sampling import load_or_create_fewshot
 
 COARSE_C_GRID = [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6]  # CoOp lpclip's grid
 MAX_SHOTS = 100_000  # above any class of any suite dataset; a typo'd 10**400 stops at planning
-LINEAR_PROBE_KEYS = {"c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000, "tol": 1e-4}
-TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "epochs": 100, "train_batch_size": 64, "lr": 1e-4,
-                        "weight_decay": 5e-4, "temperature": 0.2, "grad_clip": 1.0}
+LINEAR_PROBE_KEYS = {"probe": "lpclip", "c_grid": COARSE_C_GRID, "c_search_steps": 8, "max_iter": 1000, "tol": 1e-4}
+TEXT_CLASSIFIER_KEYS = {"text_space": "clip:vit-l-14", "template_set": "method", "epochs": 100, "train_batch_size": 64,
+                        "lr": 1e-4, "weight_decay": 5e-4, "temperature": 0.2, "grad_clip": 1.0}
+PositiveC = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class FSCProtocol(StrictModel):
@@ -33,13 +34,19 @@ class FSCProtocol(StrictModel):
     seed: int = Field(1, ge=0, le=MAX_SEED,
                       description="seeds the K-shot (and few-shot val) sampling and head training")
     head: Literal["linear-probe", "text-classifier"] = "linear-probe"
-    # linear-probe (CoOp lpclip): C from a coarse grid + log-space bisection, scored on the few-shot val
-    c_grid: list[float] | None = Field(None, min_length=1)
+    # linear-probe: C from a coarse grid + log-space bisection, scored on the few-shot val (tasks/fsc/linear_probe.py)
+    probe: Literal["lpclip", "l2-best-val"] | None = Field(
+        None, description="lpclip: CoOp's rule (raw features, the last bisection round's winner); l2-best-val: "
+                          "L2-normalised features, the best val accuracy over every C tried")
+    c_grid: list[PositiveC] | None = Field(None, min_length=1)
     c_search_steps: int | None = Field(None, ge=0)
     max_iter: int | None = Field(None, ge=1, le=MAX_ITERATIONS)
     tol: float | None = Field(None, gt=0, description="L-BFGS stopping tolerance (sklearn/lpclip: 1e-4)")
     # text-classifier (Vermouth): neck or linear projection → cosine vs text embeddings, CE(cos / T)
     text_space: str | None = None
+    template_set: Literal["method", "coop"] | None = Field(
+        None, description="method: the method's per-dataset prompt set (tasks/fsc/templates.json, Vermouth); "
+                          "coop: CoOp's one CUSTOM_TEMPLATES prompt")
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS)
     train_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
     lr: float | None = Field(None, gt=0)
@@ -57,8 +64,9 @@ class FSCProtocol(StrictModel):
         head = data.get("head", "linear-probe")
         mine, other = ((LINEAR_PROBE_KEYS, TEXT_CLASSIFIER_KEYS) if head == "linear-probe"
                        else (TEXT_CLASSIFIER_KEYS, LINEAR_PROBE_KEYS))
-        model = handler({**{k: (list(v) if isinstance(v, list) else v) for k, v in mine.items()}, **data})
-        return model.model_copy(update=dict.fromkeys(other))
+        filled = {**{k: (list(v) if isinstance(v, list) else v) for k, v in mine.items()}, **data}
+        handler(filled)  # validates every key given, the other head's too
+        return handler({**filled, **dict.fromkeys(other)})  # via __init__ too: the instance itself, not a copy
 
 
 def labels_of(items: list[ImageItem]) -> np.ndarray:
@@ -75,10 +83,17 @@ def fewshot_parts(dataset: ClassificationDataset, shots: int, seed: int) -> tupl
     return {"train": fewshot["train"], "val": fewshot["val"], "test": splits["test"]}, fewshot
 
 
+def class_templates(dataset: ClassificationDataset, choice: str) -> tuple[str, ...]:
+    """The prompts the text classifier averages per class: the method's set ("method") or CoOp's ("coop")."""
+    if choice == "method":
+        return tuple(dataset.method_templates())  # type: ignore[attr-defined]  # every FSC dataset has both
+    return tuple(dataset.coop_templates)  # type: ignore[attr-defined]
+
+
 @register_task("fsc")
 class FewShotClassification(Task):
     name = "fsc"
-    version = "1"
+    version = "2"  # 2: lpclip probe by default, the method's template sets
     description = "few-shot classification (CoOp protocol): linear-probe or text-classifier head, top-1"
     protocol_model = FSCProtocol
     column_keys: ClassVar[tuple[str, ...]] = ("head", "shots")
@@ -100,18 +115,20 @@ class FewShotClassification(Task):
 
     @staticmethod
     def _linear_probe(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
+        transform, search = probe_parts(protocol.probe)
         sets = {k: FeatureSet(backbone, dataset, items, ctx, "global") for k, items in parts.items()}
-        feats = {k: l2_normalise(sets[k].matrix()) for k in ("train", "val")}  # few-shot: small by design
+        feats = {k: transform(sets[k].matrix()) for k in ("train", "val")}  # few-shot: small by design
         y = {k: labels_of(items) for k, items in parts.items()}
-        probe = search_c(feats["train"], y["train"], feats["val"], y["val"], protocol.c_grid,
-                         protocol.c_search_steps, protocol.max_iter, protocol.tol)
-        # The test split streams: only its predictions are kept.
-        pred = np.concatenate([probe.model.predict(l2_normalise(b.numpy())) for b in sets["test"].batches(256)])
+        probe = search(feats["train"], y["train"], feats["val"], y["val"], protocol.c_grid,
+                       protocol.c_search_steps, protocol.max_iter, protocol.tol)
+        # The test split streams, through the same transform: only its predictions are kept.
+        pred = np.concatenate([probe.model.predict(transform(b.numpy())) for b in sets["test"].batches(256)])
         top1 = float((pred == y["test"]).mean() * 100)
         for fs in sets.values():
             fs.finish()
         return ({"top1": top1, "val_top1": probe.val_accuracy * 100},
-                {"c": probe.c, "feature_dim": int(feats["train"].shape[1]),
+                {"probe": protocol.probe, "c": probe.c, "val_accuracy": probe.val_accuracy,
+                 "feature_dim": int(feats["train"].shape[1]),
                  "lbfgs_iterations": int(np.max(probe.model.n_iter_)),  # = max_iter: stopped, not converged
                  "converged": bool(np.max(probe.model.n_iter_) < protocol.max_iter),
                  "feature_modes": {k: fs.mode for k, fs in sets.items()}})
@@ -124,7 +141,8 @@ class FewShotClassification(Task):
         from tasks.text_head import TrainSettings, predict, train_text_classifier
 
         space = text_space(protocol.text_space, dtype=text_precision(backbone))
-        classes = space.class_embeddings(dataset.classnames(), getattr(dataset, "templates", ("a photo of a {}.",)))
+        templates = class_templates(dataset, protocol.template_set)
+        classes = space.class_embeddings(dataset.classnames(), templates)
         neck = backbone.neck()
         kind = "dense" if neck is not None else "global"
         inputs = {k: FeatureSet(backbone, dataset, items, ctx, kind) for k, items in parts.items()}
@@ -140,5 +158,6 @@ class FewShotClassification(Task):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return ({"top1": acc["test"], "val_top1": acc["val"], "final_loss": losses[-1]},
                 {"text_space": space.spec, "text_space_fingerprint": space.fingerprint,
+                 "template_set": protocol.template_set, "n_templates": len(templates),
                  "uses_neck": neck is not None, "trainable_params": trainable, "loss_per_epoch": losses,
                  "feature_modes": {k: fs.mode for k, fs in inputs.items()}})

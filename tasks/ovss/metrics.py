@@ -1,9 +1,16 @@
 """Semantic-segmentation scores from one confusion matrix summed over the whole test set (protocols.md C.3).
 
 The matrix is accumulated, never averaged per image, and pixels whose ground truth is the ignore label are
-dropped together with whatever was predicted on them. mIoU averages over the classes present in the
-prediction or the ground truth: a class absent from both is left out of the mean (detectron2's
-`SemSegEvaluator`, mmseg's nanmean), a class predicted but absent from the ground truth counts as IoU 0.
+dropped together with whatever was predicted on them. Two mIoU conventions are in use in the field:
+
+- `miou` (primary): the mean over the classes present in the prediction OR the ground truth. A class absent
+  from both is left out of the mean, a class predicted but absent from the ground truth counts as IoU 0
+  (detectron2 v0.6's `SemSegEvaluator`; mmseg's nanmean of IoU, and the Vermouth code evaluates with mmseg).
+- `miou_gt_classes`: the mean over the classes present in the GROUND TRUTH only; a class that is only ever
+  predicted is left out instead of counting 0 (detectron2's `SemSegEvaluator` after July 2022, which CAT-Seg
+  installs). It is never below `miou`, and equals it when no class is predicted without being true.
+
+Both are in percent; a test set where every pixel is the ignore label gives NaN.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ class ConfusionMatrix:
         return {"tp": tp, "gt": gt, "pred": pred, "iou": iou}
 
     def scores(self) -> dict[str, float]:
-        """mIoU, fwIoU, mACC and pACC in percent, as detectron2 reports them."""
+        """mIoU (both conventions, see the module docstring), fwIoU, mACC and pACC in percent, as detectron2
+        reports them."""
         pc = self.per_class()
         present = pc["gt"] + pc["pred"] > 0
         has_gt = pc["gt"] > 0
@@ -58,6 +66,7 @@ class ConfusionMatrix:
         acc = np.divide(pc["tp"], pc["gt"], out=np.zeros_like(pc["tp"]), where=has_gt)
         return {
             "miou": float(iou[present].sum() / present.sum() * 100) if present.any() else float("nan"),
+            "miou_gt_classes": float(iou[has_gt].mean() * 100) if has_gt.any() else float("nan"),
             "fwiou": float((iou * pc["gt"]).sum() / total * 100) if total else float("nan"),
             "macc": float(acc[has_gt].mean() * 100) if has_gt.any() else float("nan"),
             "pixel_acc": float(pc["tp"].sum() / total * 100) if total else float("nan"),

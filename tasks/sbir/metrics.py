@@ -134,7 +134,8 @@ def class_average(values: np.ndarray, labels: np.ndarray) -> float:
 
 
 # Summary metric → the per-query column it averages (the query-averaged headline metrics).
-QUERY_AVERAGED = {"map_all": "ap_all", "map_200": "ap_200", "p_100": "p_100", "p_200": "p_200"}
+QUERY_AVERAGED = {"map_all": "ap_all", "map_200": "ap_200", "p_100": "p_100", "p_200": "p_200",
+                  "map_all_noninterp": "ap_all_noninterp"}
 
 
 def item_standard_errors(per_query: dict[str, np.ndarray], query_labels: np.ndarray) -> dict[str, ItemSE]:

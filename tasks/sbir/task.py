@@ -91,13 +91,15 @@ def check_no_unseen(items: list[ImageItem], dataset: SBIRDataset) -> None:
 @register_task("sbir")
 class ZeroShotSBIR(Task):
     name = "sbir"
-    version = "1"
+    version = "2"  # v2: map_all_noninterp reported (v1 computed it but did not report it)
     description = "zero-shot SBIR: neck/projection trained to text anchors on seen classes, cosine retrieval"
     protocol_model = SBIRProtocol
     column_keys: ClassVar[tuple[str, ...]] = ()
     primary_metric = "map_all"
-    # What the field's tables print (ZSE-SBIR's test.py: all four) plus Vermouth's class-averaged number.
-    report_metrics: ClassVar[tuple[str, ...]] = ("map_all", "map_200", "p_100", "p_200", "map_all_class_avg")
+    # What the field's tables print (ZSE-SBIR's test.py: all four), Vermouth's class-averaged number, and the
+    # non-interpolated (scikit-learn) mAP of the Doodle2Search / QuickDraw-Extended lineage.
+    report_metrics: ClassVar[tuple[str, ...]] = ("map_all", "map_200", "p_100", "p_200", "map_all_class_avg",
+                                                 "map_all_noninterp")
 
     def evaluate(self, backbone: Backbone, dataset: SBIRDataset, protocol: SBIRProtocol, ctx: JobContext) -> Result:
         import torch
@@ -168,8 +170,10 @@ class ZeroShotSBIR(Task):
             "feature_modes": {role: fs.mode for role, fs in sets.items()},
             "ap_all_per_class": per_class,
             "metric_notes": "in %; map_all/map_200 = VOC-interpolated AP (SAKE/ZSE-SBIR), map_200 strict "
-                            "denominator min(200, R); p_K = hits in top K / K; query-averaged except "
-                            "map_all_class_avg (Vermouth); ties broken by gallery index (stable sort)",
+                            "denominator min(200, R); map_all_noninterp = sklearn average_precision_score "
+                            "(tied scores one threshold; Doodle2Search); p_K = hits in top K / K; "
+                            "query-averaged except map_all_class_avg (Vermouth); ties broken by gallery index "
+                            "(stable sort)",
             "qualitative_queries": [queries[r].path for r in rows],
         }
         metrics = {**summary, "final_loss": losses[-1]}

@@ -13,7 +13,8 @@ from harness.cost import Tally, estimate, human_bytes, ms_per_image, render
 from harness.planner import plan, resolve_device
 from harness.suites import load_suite
 
-# protocols.md §A.1: classes, train, val, test (ImageNet: no val, its few-shot val is drawn from the test split;
+# protocols.md §A.1: classes, train, val, test (ImageNet: no val, its few-shot val is drawn from the train split
+# minus the support, tasks/fsc/sampling.py;
 # train 1,281,167 = ILSVRC-2012, "1.28M" in the table)
 COOP = {
     "imagenet": (1000, 1_281_167, None, 50_000), "caltech101": (100, 4_128, 1_649, 2_465),
@@ -30,9 +31,10 @@ OVSS = {"coco_stuff_171": 118_287, "ade150": 2_000, "ade847": 2_000, "pc": 5_104
 
 
 def fewshot_upper_bounds(n_classes: int, train: int, val: int | None) -> tuple[int, int]:
-    """Images of the few-shot train and val draws over the grid: at most the sum of the draws, at most the split."""
+    """Images of the few-shot train and val draws over the grid: at most the sum of the draws, at most the split
+    (no val split: the val draws come out of the train images the support draws left)."""
     train_k = min(train, sum(k * n_classes for k in SHOTS for _ in SEEDS))
-    val_k = min(val if val is not None else 50_000, sum(min(k, 4) * n_classes for k in SHOTS for _ in SEEDS))
+    val_k = min(val if val is not None else train - train_k, sum(min(k, 4) * n_classes for k in SHOTS for _ in SEEDS))
     return train_k, val_k
 
 
@@ -40,18 +42,20 @@ def expected_all_suite_images() -> int:
     fsc = 0
     for n_classes, train, val, test in COOP.values():
         train_k, val_k = fewshot_upper_bounds(n_classes, train, val)
-        fsc += test + train_k + (val_k if val is not None else 0)  # ImageNet's val draws are test images
+        fsc += test + train_k + val_k  # ImageNet's val draws are train images outside the support: they add up
     sbir = sum(q + g for q, g in SBIR_ZERO.values()) + SBIR_TRAIN_KNOWN
     return fsc + sbir + sum(OVSS.values())
 
 
 def expected_vermouth_sd15_bytes() -> int:
     """Stored: the few-shot train + val of both heads (global for the linear probe, the neck's dense levels for
-    the text classifier) and TU-Berlin's sketch train list (dense), fp16."""
+    the text classifier) and TU-Berlin's sketch train list (dense), fp16, at each task's preset: FSC 256 px
+    (levels at 4, 8, 16, 32), SBIR 256 px with the 77 cross-attention maps joining the 8- and 16-px levels."""
     global_values = 1280 + 1280 + 1280 + 960
-    dense_values = 1280 * 8 * 8 + 1280 * 16 * 16 + 1280 * 32 * 32 + 960 * 64 * 64  # sd15 at 512 px
+    fsc_dense = 1280 * 4 * 4 + 1280 * 8 * 8 + 1280 * 16 * 16 + 960 * 32 * 32
+    sbir_dense = 1280 * 4 * 4 + (1280 + 77) * 8 * 8 + (1280 + 77) * 16 * 16 + 960 * 32 * 32
     images = sum(sum(fewshot_upper_bounds(*v[:3])) for v in COOP.values())
-    return 2 * (images * (global_values + dense_values) + SBIR_TRAIN_KNOWN * dense_values)
+    return 2 * (images * (global_values + fsc_dense) + SBIR_TRAIN_KNOWN * sbir_dense)
 
 
 def all_suite_report(backbone: str, tmp_path):
@@ -73,11 +77,13 @@ def test_all_suite_without_data_or_weights_is_priced_from_published_sizes(tmp_pa
     total = [c.strip() for c in table.splitlines()[-1].split("|")]
     assert total[1] == "total"
     assert total[4] == f"≤ {expected_all_suite_images():,} + ?"
-    assert total[5] == f"≤ {expected_vermouth_sd15_bytes() / 2**40:.1f} TiB + ?" and total[6] == "unknown"
+    assert total[5] == f"≤ {expected_vermouth_sd15_bytes() / 2**30:.1f} GiB + ?" and total[6] == "unknown"
     rows = {(r.task, r.dataset): c for r, c in report.rows}
     assert rows["ovss", "ade150"].bytes == "n/a"  # crops stream
     assert rows["ovss", "pc459"].images == OVSS["coco_stuff_171"] + OVSS["pc"]
-    assert rows["fsc", "imagenet"].images == 50_000 + 93_000  # val draws are test images
+    # test + the support draws (1+2+4+8+16 shots x 3 seeds x 1000 classes) + the val draws (min(K, 4) per class),
+    # which come from train: never the test images
+    assert rows["fsc", "imagenet"].images == 50_000 + 93_000 + 45_000
 
 
 def test_time_is_images_times_the_profiled_ms_per_image(tmp_path, monkeypatch):
@@ -118,9 +124,9 @@ def test_union_of_draws_and_shared_folders():
     t.add_group(("imagenet", "train"), "imagenet", 1000, 1_281_167, False, draw=("imagenet", "train", 1, 1))
     t.add_group(("imagenet", "train"), "imagenet", 1000, 1_281_167, False, draw=("imagenet", "train", 1, 1))
     assert t.count == 1000 and t.bound  # the same draw read by two heads is one set of images
-    t.add_group(("imagenet", "test"), "imagenet", 4000, 50_000, False, draw=("imagenet", "val", 4, 1))
     t.add_group(("imagenet", "test"), "imagenet", 50_000, 50_000, True)
-    assert t.count == 1000 + 50_000  # val draws from the test split add nothing to it
+    t.add_group(("imagenet", "test"), "imagenet", 50_000, 50_000, True)
+    assert t.count == 1000 + 50_000  # the whole test split read twice is one set of images
     shared = Tally()
     shared.add_group(("VOCdevkit/VOC2010", "JPEGImages"), "pc59", 5104, 5104, True)
     shared.add_group(("VOCdevkit/VOC2010", "JPEGImages"), "pc459", 5104, 5104, True)
@@ -155,3 +161,18 @@ def test_mini_dry_run_counts_files_and_the_cache_after_extraction(tmp_path):
     after = estimate(p, p.jobs, tmp_path)
     assert after.total.images == 0 and after.total.bytes == 0
     assert f"{before.total.images:,} image(s) already cached" in render(after)
+
+
+def test_a_dataset_without_a_val_split_prices_its_fewshot_val_as_train_images():
+    """ImageNet has no val split: its few-shot val (min(K, 4) per class) comes out of train, never test
+    (tasks/fsc/sampling.py); Caltech101 draws it from its own val split."""
+    from harness.cost import READS, _published
+
+    t = Tally()
+    for dataset in ("imagenet", "caltech101"):
+        for part in READS["fsc"]({"head": "linear-probe", "shots": 8, "seed": 1}, dataset, False):
+            _published(part, t)
+    counts = {k: (g.count, g.full) for k, g in t.groups.items()}
+    assert counts == {("imagenet", "train"): (8 * 1000 + 4 * 1000, False), ("imagenet", "test"): (50_000, True),
+                      ("caltech-101", "train"): (8 * 100, False), ("caltech-101", "val"): (4 * 100, False),
+                      ("caltech-101", "test"): (2_465, True)}

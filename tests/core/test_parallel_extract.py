@@ -99,13 +99,17 @@ def test_files_with_the_same_bytes_are_extracted_once(tmp_path):
 
 def test_configs_are_the_ones_a_run_builds():
     from harness.config import RunConfig
-    from harness.planner import backbone_config
+    from harness.planner import backbone_config, plan
     from harness.suites import load_suite
 
     spec = load_suite("mini")
     run = RunConfig(suite="mini", backbones=["vermouth"], batch_size=8, backbone_options={"t": 50})
-    assert backbone_configs(["vermouth"], "mini", batch_size=8, options={"t": 50}) == [
-        backbone_config("vermouth", run, spec)]
+    planned = list(dict.fromkeys(job.backbone for job in plan(run, spec).jobs))  # one per task (its preset)
+    assert len(planned) == 3
+    assert backbone_configs(["vermouth"], "mini", batch_size=8, options={"t": 50}) == planned
+    fsc = [job.backbone for job in plan(run, spec).jobs if job.task == "fsc"][0]
+    assert backbone_configs(["vermouth"], "mini", batch_size=8, options={"t": 50}, dataset="mini_coop") == [
+        fsc] == [backbone_config("vermouth", run, spec, entry=spec.entries[0])]
 
 
 # -- determinism across worker counts ----------------------------------------------------------------------

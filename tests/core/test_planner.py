@@ -22,7 +22,7 @@ def test_mini_suite_expands_to_grid_with_tiny_variant():
     assert {j.backbone.variant for j in p.jobs} == {"tiny"}
     assert {(j.protocol["head"], j.protocol["shots"], j.protocol["seed"]) for j in p.jobs} == {
         (h, k, s) for h in ("linear-probe", "text-classifier") for k in (1, 4, 16) for s in (1, 2, 3)}
-    assert all(j.task_version == "1" for j in p.jobs)
+    assert all(j.task_version == "2" for j in p.jobs)
 
 
 def test_job_keys_are_stable_and_unique():
@@ -37,7 +37,7 @@ def test_key_changes_with_protocol_weights_data_and_version():
     assert job.model_copy(update={"protocol": {**job.protocol, "max_iter": 10}}).key != job.key
     assert job.model_copy(update={"weights_fingerprint": "sha256:00"}).key != job.key
     assert job.model_copy(update={"data_fingerprint": "other"}).key != job.key
-    assert job.model_copy(update={"task_version": "2"}).key != job.key
+    assert job.model_copy(update={"task_version": "999"}).key != job.key
     assert job.model_copy(update={"suite": "another"}).key == job.key  # the same job in two suites
 
 
@@ -85,9 +85,9 @@ def test_backbone_options_are_validated_and_keyed():
     with pytest.raises(ConfigError, match="takes no options"):
         make_plan(backbone_options={"t": 50})
     base = {j.key for j in make_plan(backbones=["vermouth"]).jobs}
-    t50 = make_plan(backbones=["vermouth"], backbone_options={"t": 50}).jobs
-    assert {j.backbone.options["t"] for j in t50} == {50}
-    assert base.isdisjoint(j.key for j in t50)
+    t10 = make_plan(backbones=["vermouth"], backbone_options={"t": 10}).jobs
+    assert {j.backbone.options["t"] for j in t10} == {10}
+    assert base.isdisjoint(j.key for j in t10)
     with pytest.raises(ConfigError, match="tt"):
         make_plan(backbones=["vermouth"], backbone_options={"tt": 50})
 

@@ -354,11 +354,20 @@ def test_parent_runs_of_killed_processes_are_closed_as_killed(store):
                 "harness.pid_started": started or ""}
         return client.create_run(exp, tags=tags).info.run_id
 
+    def job(key: str, under: str, status: str | None = None) -> str:
+        run_id = client.create_run(exp, tags={"harness.kind": "job", "harness.job_key": key,
+                                              "mlflow.parentRunId": under}).info.run_id
+        if status:
+            client.set_terminated(run_id, status)
+        return run_id
+
     dead = parent(dead_pid(), locks.this_host())
-    child = client.create_run(exp, tags={"harness.kind": "job", "harness.job_key": "k1",
-                                         "mlflow.parentRunId": dead}).info.run_id
+    child = job("k1", dead)  # cut short by the kill
+    done = job("k2", dead, "FINISHED")
+    failed = job("k3", dead, "FAILED")
     ppid = os.getppid()
     alive = parent(ppid, locks.this_host(), locks.process_started(ppid))
+    live_child = job("k4", alive)  # still being computed by a live process
     foreign = parent(dead_pid(), "another-host")
     older = client.create_run(exp, tags={"harness.kind": "invocation"}).info.run_id  # no pid recorded
     started = locks.process_started(os.getpid())
@@ -368,26 +377,44 @@ def test_parent_runs_of_killed_processes_are_closed_as_killed(store):
         return client.get_run(run_id).info.status
 
     with Tracker("t").invocation({"a": 1}) as run_id:
-        assert status(dead) == "KILLED" and status(child) == "RUNNING"  # a job run cut short is never counted
-        assert status(alive) == status(foreign) == status(older) == "RUNNING"
+        assert status(dead) == "KILLED" and status(child) == "KILLED"  # its job run cut short is closed too
+        assert (status(done), status(failed)) == ("FINISHED", "FAILED")  # an ended job run is left as it is
+        assert status(alive) == status(foreign) == status(older) == status(live_child) == "RUNNING"
         assert reused is None or status(reused) == "KILLED"
         tags = client.get_run(run_id).data.tags
         assert tags["harness.pid"] == str(os.getpid()) and tags["harness.host"] == locks.this_host()
     assert status(run_id) == "FINISHED"
 
 
-def test_a_run_killed_inside_its_invocation_is_closed_by_the_next_one(store):
+def test_a_run_killed_inside_its_invocation_is_closed_by_the_next_one(store, capsys):
+    """Killed while a job run is open under its parent (created and tagged as `log_job` does): the next
+    invocation closes both as KILLED, says so in one line, and a later one finds nothing more to close."""
     proc = python("""
-        import json, time
-        from harness.tracking import Tracker
-        with Tracker("t").invocation({"a": 1}) as run_id:
-            print(json.dumps(run_id), flush=True)
+        import json, sys, time
+        from harness.tracking import Tracker, job_tags
+        tracker = Tracker("t")
+        with tracker.invocation({"a": 1}) as run_id:
+            tags = {**job_tags(json.loads(sys.argv[1]), "t"), "mlflow.parentRunId": run_id}
+            child = tracker.client.create_run(tracker.experiment_id, tags=tags).info.run_id
+            print(json.dumps([run_id, child]), flush=True)
             time.sleep(600)
-    """)
-    run_id = json.loads(proc.stdout.readline())
+    """, [json.dumps(record("k9"))])
+    run_id, child = json.loads(proc.stdout.readline())
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     tracker = Tracker("t")
-    assert tracker.client.get_run(run_id).info.status == "RUNNING"  # what a killed run leaves
+
+    def status(run: str) -> str:
+        return tracker.client.get_run(run).info.status
+
+    assert status(run_id) == status(child) == "RUNNING"  # what a killed run leaves
+    capsys.readouterr()
     with tracker.invocation({"a": 2}):
-        assert tracker.client.get_run(run_id).info.status == "KILLED"
+        assert status(run_id) == status(child) == "KILLED"
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: 1 parent run(s) of experiment 'harness-t' were left RUNNING by a killed process; "
+                      "marked KILLED in MLflow (and 1 job run(s) left RUNNING under them)"]
+    assert tracker.finished_keys() == {"k0"}  # a KILLED job run is never counted
+    with Tracker("t").invocation({"a": 3}):
+        pass
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")] == []

@@ -66,9 +66,59 @@ def test_registry_names_and_classvars() -> None:
         cls = DATASETS.get(name)
         assert cls.__name__ == cls_name and cls.name == name and cls.task_family == "fsc"
         assert cls.folder and cls.prepare_hint and f"$HARNESS_DATA/{cls.folder}" in cls.prepare_hint
-        assert cls.templates and all("{}" in t for t in cls.templates)
+        assert cls.coop_templates and all("{}" in t for t in cls.coop_templates)
     assert DATASETS.get("mini_coop").embedded and not DATASETS.get("dtd").embedded
-    assert DTD.templates == ("{} texture.",) and EuroSAT.templates == ("a centered satellite photo of {}.",)
+    assert DTD.coop_templates == ("{} texture.",)
+    assert EuroSAT.coop_templates == ("a centered satellite photo of {}.",)
+
+
+# The method's prompt sets per dataset (Vermouth's Classification/data/templates.json at 5597f28, counted there);
+# mini_coop has none of its own and uses the ImageNet list.
+METHOD_COUNTS = {"imagenet": 81, "caltech101": 34, "oxford_pets": 1, "stanford_cars": 8, "oxford_flowers": 1,
+                 "food101": 1, "fgvc_aircraft": 2, "sun397": 2, "dtd": 8, "eurosat": 3, "ucf101": 48, "mini_coop": 81}
+
+
+def test_each_dataset_resolves_the_methods_template_set_and_coops_prompt() -> None:
+    from tasks.fsc.task import class_templates
+
+    for name in FSC_NAMES:
+        cls = DATASETS.get(name)
+        method = class_templates(cls, "method")
+        assert len(method) == METHOD_COUNTS[name], name
+        assert all(t.count("{}") == 1 for t in method), name
+        assert class_templates(cls, "coop") == cls.coop_templates and len(cls.coop_templates) == 1
+    # spot checks against the source file, read by hand
+    assert class_templates(DTD, "method")[0] == "a photo of a {} texture."
+    assert class_templates(FGVCAircraft, "method") == ("a photo of a {}, a type of aircraft.",
+                                                       "a photo of the {}, a type of aircraft.")
+    assert class_templates(EuroSAT, "method")[2] == "a centered satellite photo of the {}."
+    assert class_templates(UCF101, "method")[0] == "a photo of a person {}."
+    assert class_templates(MiniCoOp, "method") == class_templates(ImageNet, "method")
+    assert class_templates(MiniCoOp, "coop") == ("a photo of a {}.",)
+
+
+def test_templates_file_names_its_source_and_holds_only_the_eleven_datasets() -> None:
+    data = json.loads((Path(__file__).parents[2] / "tasks" / "fsc" / "templates.json").read_text())
+    assert "develop-productivity/Vermouth" in data["_source"] and "5597f28" in data["_source"]
+    assert "Classification/data/templates.json" in data["_source"]
+    assert set(data) - {"_source"} == set(FSC_NAMES) - {"mini_coop"}
+
+
+VERMOUTH = Path("/work/.mirror/develop-productivity+Vermouth/repo")
+VERMOUTH_KEYS = {"oxford_flowers": "flowers", "fgvc_aircraft": "aircraft"}
+
+
+@pytest.mark.skipif(not VERMOUTH.is_dir(), reason="no local snapshot of the Vermouth repository")
+def test_templates_are_the_vermouth_lists_verbatim() -> None:
+    proc = subprocess.run(["git", "-C", str(VERMOUTH), "show", "5597f28:Classification/data/templates.json"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip("the snapshot does not hold commit 5597f28")
+    source = json.loads(proc.stdout)
+    from tasks.fsc.task import class_templates
+
+    for name in set(FSC_NAMES) - {"mini_coop"}:
+        assert list(class_templates(DATASETS.get(name), "method")) == source[VERMOUTH_KEYS.get(name, name)]["templates"]
 
 
 def test_modules_import_without_torch() -> None:

@@ -26,7 +26,8 @@ def test_mean_se_skips_nan_and_needs_two_items():
 
 def test_sbir_item_se_against_numpy_on_a_tiny_case():
     per_query = {"ap_all": np.array([10.0, 20.0, np.nan, 40.0]), "ap_200": np.array([1.0, 2.0, 3.0, 4.0]),
-                 "p_100": np.array([5.0, 5.0, 5.0, 5.0]), "p_200": np.array([0.0, 100.0, 0.0, 100.0])}
+                 "p_100": np.array([5.0, 5.0, 5.0, 5.0]), "p_200": np.array([0.0, 100.0, 0.0, 100.0]),
+                 "ap_all_noninterp": np.array([0.0, 50.0, 100.0, 50.0])}
     labels = np.array([0, 0, 1, 1])
     se = item_standard_errors(per_query, labels)
     assert se["map_all"].se == pytest.approx(np.nanstd(per_query["ap_all"], ddof=1) / math.sqrt(3))
@@ -34,6 +35,8 @@ def test_sbir_item_se_against_numpy_on_a_tiny_case():
     assert se["map_200"].se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
     assert se["p_100"].se == 0.0
     assert se["p_200"].se == pytest.approx(np.std([0, 100, 0, 100], ddof=1) / 2)
+    # mean 50, deviations -50, 0, 50, 0: variance 5000/3, SE sqrt(5000/3)/2
+    assert se["map_all_noninterp"].se == pytest.approx(math.sqrt(5000 / 3) / 2) and se["map_all_noninterp"].n == 4
     # class means 15 and 40 (the NaN query skipped): std 25/√2 over √2 classes = 12.5
     assert (se["map_all_class_avg"].se, se["map_all_class_avg"].n) == (pytest.approx(12.5), 2)
 
@@ -43,7 +46,8 @@ def test_sbir_item_se_matches_the_per_query_values_of_a_retrieval():
     q_labels, g_labels = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 2, 0, 1, 2, 0])
     summary, per_query, _ = cosine_retrieval(rng.normal(size=(5, 4)), rng.normal(size=(7, 4)), q_labels, g_labels)
     se = item_standard_errors(per_query, q_labels)
-    for metric, column in (("map_all", "ap_all"), ("map_200", "ap_200"), ("p_100", "p_100"), ("p_200", "p_200")):
+    for metric, column in (("map_all", "ap_all"), ("map_200", "ap_200"), ("p_100", "p_100"), ("p_200", "p_200"),
+                           ("map_all_noninterp", "ap_all_noninterp")):
         values = per_query[column]
         assert summary[metric] == pytest.approx(values.mean())
         assert se[metric].se == pytest.approx(values.std(ddof=1) / math.sqrt(5)) and se[metric].n == 5

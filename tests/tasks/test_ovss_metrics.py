@@ -21,7 +21,19 @@ def reference(preds: list[np.ndarray], gts: list[np.ndarray], n: int, ignore: in
     present = (gt_c + pred_c) > 0
     iou = tp[present] / (gt_c + pred_c - tp)[present]
     return {"miou": iou.mean() * 100, "pixel_acc": tp.sum() / cm.sum() * 100,
-            "macc": (tp[gt_c > 0] / gt_c[gt_c > 0]).mean() * 100}
+            "macc": (tp[gt_c > 0] / gt_c[gt_c > 0]).mean() * 100,
+            "miou_gt_classes": miou_gt_classes_by_masks(pred[keep], gt[keep], n)}
+
+
+def miou_gt_classes_by_masks(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
+    """The newer detectron2 convention written with pixel masks, no confusion matrix: per class present in
+    the ground truth, |pred ∩ gt| / |pred ∪ gt|; mean over those classes, in %."""
+    ious = []
+    for c in range(n):
+        p, g = pred == c, gt == c
+        if g.any():
+            ious.append((p & g).sum() / (p | g).sum())
+    return float(np.mean(ious) * 100)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -55,7 +67,36 @@ def test_small_hand_example():
     cm.update(pred, gt, 255)
     s = cm.scores()
     assert s["miou"] == pytest.approx((0.5 + 0.5) / 2 * 100)  # classes 2, 3 absent from both
+    assert s["miou_gt_classes"] == pytest.approx((0.5 + 0.5) / 2 * 100)  # nothing predicted-only: the same
     assert s["pixel_acc"] == pytest.approx(2 / 3 * 100)
+
+
+def test_the_two_miou_conventions_by_hand():
+    # 4 classes. Scored pixels (gt, pred): (0,0) (0,2) (1,1) (1,1); the two ignore pixels' predictions (3, 0) drop.
+    # class 0: tp 1, gt 2, pred 1 -> IoU 1/2;  class 1: tp 2, gt 2, pred 2 -> IoU 1
+    # class 2: predicted once, never true -> IoU 0;  class 3: only predicted on ignore -> absent from both
+    gt = np.array([[0, 0, 1], [1, 255, 255]])
+    pred = np.array([[0, 2, 1], [1, 3, 0]])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, gt, 255)
+    s = cm.scores()
+    assert s["miou"] == pytest.approx((0.5 + 1 + 0) / 3 * 100)  # gt ∪ pred classes {0, 1, 2}
+    assert s["miou_gt_classes"] == pytest.approx((0.5 + 1) / 2 * 100)  # gt classes {0, 1}
+    assert s["pixel_acc"] == pytest.approx(3 / 4 * 100)
+    assert s["macc"] == pytest.approx((1 / 2 + 1) / 2 * 100)
+    # a class that is only ever predicted can pull miou to 0 while miou_gt_classes stays at the gt classes' mean
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 0, 2, 2]), np.array([0, 0, 1, 1]), 255)
+    s = cm.scores()
+    assert s["miou"] == pytest.approx((1 + 0 + 0) / 3 * 100)  # class 1 missed (IoU 0), class 2 predicted-only
+    assert s["miou_gt_classes"] == pytest.approx((1 + 0) / 2 * 100)
+
+
+def test_all_ignore_gives_nan_for_both_conventions():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1, 2]), np.full(3, 255), 255)
+    s = cm.scores()
+    assert np.isnan(s["miou"]) and np.isnan(s["miou_gt_classes"])
 
 
 def test_matrix_is_summed_not_averaged_per_image():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,16 @@ from harness.config import BackboneConfig
 from harness.paths import harness_home
 from harness.planner import open_dataset
 from tasks.ovss.head import FPNTextHead, OVSSHead, level_spec
-from tasks.ovss.task import Normaliser, OpenVocabSegmentation, OVSSProtocol, class_text, make_view, view_plan
+from tasks.ovss.task import (
+    SHORT_TEMPLATES,
+    Normaliser,
+    OpenVocabSegmentation,
+    OVSSProtocol,
+    class_text,
+    head_key,
+    make_view,
+    view_plan,
+)
 
 MINI = {"train_dataset": "mini_ovss_train", "text_space": "clip:tiny", "templates": ["a photo of a {}."],
         "crop_size": 64, "train_scale": [1.0, 1.0], "flip": False, "iterations": 4, "batch_size": 4, "lr": 1e-3,
@@ -33,6 +44,37 @@ def test_protocol_presets_and_errors():
     with pytest.raises(ValidationError, match="train_scale"):
         OVSSProtocol(train_scale=[2.0, 1.0])
     assert TASKS.get("ovss") is OpenVocabSegmentation and OpenVocabSegmentation.primary_metric == "miou"
+
+
+# "templates" of develop-productivity/Vermouth Seg/data/ade150.json at commit 5597f28, copied from the file.
+VERMOUTH_SEG_TEMPLATES = [
+    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
+    "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
+    "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
+    "There is a small {} in the scene.", "There is a medium {} in the scene.", "There is a large {} in the scene.",
+]
+
+
+def test_default_templates_are_the_methods_14_and_the_short_list_is_still_accepted():
+    assert OVSSProtocol().templates == VERMOUTH_SEG_TEMPLATES
+    assert OVSSProtocol(templates=list(SHORT_TEMPLATES)).templates == list(SHORT_TEMPLATES)
+    assert len(SHORT_TEMPLATES) == 4 and set(SHORT_TEMPLATES) != set(VERMOUTH_SEG_TEMPLATES)
+    assert OpenVocabSegmentation.version == "2"
+    assert OpenVocabSegmentation.report_metrics[:2] == ("miou", "miou_gt_classes")
+
+
+def test_head_key_follows_the_templates_and_the_task_version(monkeypatch):
+    fp = SimpleNamespace(fingerprint=lambda: "fp")
+    space = SimpleNamespace(fingerprint="text")
+
+    def key(**protocol):
+        return head_key(fp, fp, space, OVSSProtocol(**protocol), "head")
+
+    default = key()
+    assert key() == default and key(templates=list(SHORT_TEMPLATES)) != default
+    assert key(eval_style="slide") == default  # evaluation settings share the head
+    monkeypatch.setattr(OpenVocabSegmentation, "version", "1")
+    assert key() != default
 
 
 def test_make_view_scales_pads_crops_and_flips():
@@ -97,7 +139,9 @@ def test_head_is_trained_once_then_reused(tmp_path):
     ctx1 = JobContext(tmp_path / "w1")
     first = task.evaluate(bb, ds, protocol, ctx1)
     assert ctx1.counters["ovss_head_trained"] == 1 and not first.details["head_reused"]
-    assert 0 <= first.metrics["miou"] <= 100 and set(first.metrics) >= {"miou", "pixel_acc"}
+    assert 0 <= first.metrics["miou"] <= 100 and set(first.metrics) >= set(OpenVocabSegmentation.report_metrics)
+    assert first.metrics["miou"] <= first.metrics["miou_gt_classes"] <= 100
+    assert not first.item_se  # one confusion matrix over the whole set: no item-level SE for either mIoU
     assert first.artifacts["per_class_iou"].is_file() and first.artifacts["overlay"].is_file()
     heads = list((harness_home() / "heads").glob("*.pt"))
     assert len(heads) == 1 and heads[0].stem == first.details["head_key"]

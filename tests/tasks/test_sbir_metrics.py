@@ -142,3 +142,36 @@ def test_a_query_without_relevant_photos_is_nan_and_skipped():
     assert grouped_ap(np.array([[False]]), np.array([[0.3]]), np.array([0]))[0] == 0.0
     summary, _, _ = cosine_retrieval(np.eye(2), np.eye(2), np.array([0, 5]), np.array([0, 1]))
     assert summary["map_all"] == 100.0  # query of class 5 has R = 0: NaN, left out of the mean
+
+
+def sklearn_map(relevance: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over queries of scikit-learn's AP, in % (the oracle of the reported `map_all_noninterp`)."""
+    return 100 * float(np.mean([average_precision_score(r, s) for r, s in zip(relevance, scores, strict=True)]))
+
+
+def test_reported_noninterp_map_is_the_mean_sklearn_ap_over_queries_with_ties():
+    rng = np.random.default_rng(7)
+    n_q, n_g, n_cls = 25, 120, 4
+    g_labels = rng.integers(0, n_cls, n_g)
+    q_labels = rng.integers(0, n_cls, n_q)
+    q_labels[:n_cls] = np.arange(n_cls)
+    g_labels[:n_cls] = np.arange(n_cls)  # every query class has a relevant photo
+    scores = np.round(rng.normal(size=(n_q, n_g)), 1)
+    per, _ = per_query_metrics(scores, q_labels, g_labels)
+    relevance = g_labels[None, :] == q_labels[:, None]
+    assert per["ap_all_noninterp"].mean() == pytest.approx(sklearn_map(relevance, scores), abs=1e-9)
+
+    # through cosine_retrieval's summary: 0/1 vectors with four ones in eight dimensions have norm exactly 2, so
+    # every cosine is an exact multiple of 1/4 (overlap / 4) and ties are exact
+    def four_hot(n: int) -> np.ndarray:
+        x = np.zeros((n, 8))
+        for row in x:
+            row[rng.choice(8, 4, replace=False)] = 1.0
+        return x
+
+    queries, gallery = four_hot(n_q), four_hot(n_g)
+    summary, _, _ = cosine_retrieval(queries, gallery, q_labels, g_labels, chunk=7)
+    overlap = (queries @ gallery.T) / 4
+    assert len(np.unique(overlap)) <= 5  # heavily tied
+    assert summary["map_all_noninterp"] == pytest.approx(sklearn_map(relevance, overlap), abs=1e-9)
+    assert summary["map_all_noninterp"] != pytest.approx(summary["map_all"], abs=1e-6)  # a different metric

@@ -80,6 +80,12 @@ def test_evaluate_trains_on_seen_classes_only_and_reports_metrics_and_grid(backb
     assert METRICS <= set(result.metrics)
     for key in METRICS:
         assert 0 <= result.metrics[key] <= 100
+    # every reported metric is in the result; the query-averaged ones carry an item SE over the queries
+    assert ZeroShotSBIR.version == "2" and "map_all_noninterp" in ZeroShotSBIR.report_metrics
+    assert set(ZeroShotSBIR.report_metrics) <= set(result.metrics)
+    n_queries = len(ds.splits()["sketch_zero"])
+    for key in ("map_all", "map_200", "p_100", "p_200", "map_all_noninterp"):
+        assert result.item_se[key].n == n_queries
     d = result.details
     assert (d["n_queries"], d["n_gallery"]) == (len(ds.splits()["sketch_zero"]), len(ds.splits()["photo_zero"]))
     assert d["uses_neck"] is False and d["split_dir"] == "zeroshot1"
