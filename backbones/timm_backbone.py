@@ -69,7 +69,7 @@ class TimmBackbone(Backbone):
         """The architecture built on the meta device (no weights, no memory, no compute) at the card's input
         size: `global` is the pre-logits width, `dense` the subclass's `_dense_shapes`."""
         card = cls.variants[config.variant or cls.default_variant]
-        overlay = card.extra.get("pretrained_cfg_overlay") or None
+        overlay = cls._shape_overlay(config) or None
         with torch.device("meta"):
             model = timm.create_model(card.arch, pretrained=False, num_classes=0, **cls.create_kwargs,
                                       pretrained_cfg_overlay=overlay, **card.extra.get("model_kwargs", {}))
@@ -79,6 +79,11 @@ class TimmBackbone(Backbone):
         if "dense" in cls.feature_kinds:
             shapes["dense"] = cls._dense_shapes(model, int(height), int(width))
         return shapes
+
+    @classmethod
+    def _shape_overlay(cls, config: BackboneConfig) -> dict[str, Any]:
+        """The `pretrained_cfg` overlay `feature_shapes` builds with: the card's (the weights are not resolved)."""
+        return dict(cls.variants[config.variant or cls.default_variant].extra.get("pretrained_cfg_overlay", {}))
 
     @classmethod
     def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:

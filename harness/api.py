@@ -299,6 +299,9 @@ class Task(abc.ABC):
     # The metric the leaderboard sorts and summarises by, and every metric it shows (primary first).
     primary_metric: ClassVar[str]
     report_metrics: ClassVar[tuple[str, ...]] = ()
+    # The feature kinds every backbone must offer for this task (OVSS: dense maps); the planner refuses a backbone
+    # that lacks one before any work.
+    required_kinds: ClassVar[tuple[str, ...]] = ("global",)
 
     @classmethod
     def required_datasets(cls, protocol: StrictModel) -> list[str]:

@@ -25,6 +25,11 @@ BACKBONES.add_lazy("dino", "backbones.dino:DINOBackbone", cards="backbones.cards
 BACKBONES.add_lazy("vermouth", "backbones.vermouth.backbone:VermouthBackbone",
                    cards="backbones.vermouth.cards:VERMOUTH",
                    description="Stable Diffusion UNet features + BLIP prompts + U-head + adapted expert")
+# Families: `timm:<any timm model>` names a backbone made for that model on first use (never part of `all`).
+BACKBONES.add_family("timm", "backbones.timm_family:timm_backbone",
+                     description="any timm model by name (`timm:convnext_tiny`, `timm:convnext_tiny.fb_in22k`): "
+                                 "global = pre-logits, dense = the last 4 levels of forward_intermediates",
+                     features="global; dense where the model has forward_intermediates")
 # `in_all=False`: a load-test stand-in, never part of `--backbone all` (harness.planner.resolve_backbones).
 BACKBONES.add_lazy("synthetic", "backbones.synthetic:SyntheticBackbone", cards="backbones.cards:SYNTHETIC",
                    in_all=False, description="SYNTHETIC (load tests only): the real feature shapes of sd15, "

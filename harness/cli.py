@@ -374,38 +374,34 @@ def compare_cmd(
 
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets | suites")]) -> None:
-    """List what is registered, without importing any model code."""
+    """List what is registered. Built-ins import no model code; a plug-in's class is imported to describe it."""
     from harness.catalog import BACKBONES, DATASETS, TASKS
     from harness.errors import UnknownNameError
-    from harness.registry import import_target
 
     table = Table(title=what)
     if what == "backbones":
         for col in ("name", "variant", "default weights", "resolution", "params", "features", "source"):
             table.add_column(col, overflow="fold")
         for e in BACKBONES.entries():
-            try:  # a broken plug-in shows as such; it cannot break the listing
-                cards = import_target(e.meta["cards"]) if "cards" in e.meta else {}
+            try:  # a broken plug-in shows as such, its error in one cell; it cannot break the listing
+                rows = _backbone_rows(e)
             except Exception as exc:
-                table.add_row(e.name, "?", f"(unavailable: {type(exc).__name__}: {exc})", "", "", "", e.source)
-                continue
-            for i, (vname, card) in enumerate(cards.items()):
-                params = card.extra.get("params")
-                table.add_row(e.name if i == 0 else "", vname, card.weights, str(card.extra.get("resolution", "")),
-                              f"{params / 1e6:.1f}M" if params else "",
-                              ", ".join(card.extra.get("feature_kinds", ())), e.source if i == 0 else "")
-            if not cards:
-                table.add_row(e.name, "?", "", "", "", "", e.source)
+                rows = [["?", f"(unavailable: {type(exc).__name__}: {exc})", "", "", ""]]
+            for i, row in enumerate(rows):
+                table.add_row(e.name if i == 0 else "", *row, e.source if i == 0 else "")
+        for fam in BACKBONES.families():  # any member by name; listed as the family, nothing imported
+            table.add_row(f"{fam.name}<name>", "(one per model)", "--weights (default: the hub copy)", "", "",
+                          fam.meta.get("features", ""), "family")
     elif what == "tasks":
         for col in ("name", "source", "description"):
             table.add_column(col)
         for e in TASKS.entries():
-            table.add_row(e.name, e.source, e.meta.get("description", ""))
+            table.add_row(e.name, e.source, e.meta.get("description") or _plugin_attr(TASKS, e, "description"))
     elif what == "datasets":
         for col in ("name", "task", "source"):
             table.add_column(col)
         for e in DATASETS.entries():
-            table.add_row(e.name, e.meta.get("task", "?"), e.source)
+            table.add_row(e.name, e.meta.get("task") or _plugin_attr(DATASETS, e, "task_family"), e.source)
     elif what == "suites":
         from harness.suites import builtin_suites, load_suite
 
@@ -418,6 +414,37 @@ def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets
     else:
         raise UnknownNameError("list target", what, ["backbones", "tasks", "datasets", "suites"])
     out.print(table)
+
+
+def _plugin_attr(registry, entry, attr: str) -> str:
+    """A class attribute of a plug-in (built-ins declare theirs as catalog data), or its load error."""
+    if entry.source == "builtin":
+        return "?"
+    try:
+        return str(getattr(registry.get(entry.name), attr, "?"))
+    except Exception as exc:  # a broken plug-in shows its error in this cell; the listing goes on
+        return f"(unavailable: {type(exc).__name__}: {exc})"
+
+
+def _backbone_rows(entry) -> list[list[str]]:
+    """One row per variant: variant, default weights, resolution, params, features.
+
+    A built-in's cards come from its torch-free `cards` module, so listing imports no model code; a plug-in
+    declares no such module, so its class is imported (as `harness run` would) and its `variants` read."""
+    from harness.catalog import BACKBONES
+    from harness.registry import import_target
+
+    if "cards" in entry.meta:
+        cards, kinds = import_target(entry.meta["cards"]), ()
+    else:
+        cls = BACKBONES.get(entry.name)
+        cards, kinds = cls.variants, tuple(cls.feature_kinds)
+    rows = []
+    for vname, card in cards.items():
+        params = card.extra.get("params")
+        rows.append([vname, str(card.weights), str(card.extra.get("resolution", "")),
+                     f"{params / 1e6:.1f}M" if params else "", ", ".join(card.extra.get("feature_kinds", kinds))])
+    return rows or [["?", "(no variants)", "", "", ""]]
 
 
 VERIFY_EXAMPLES = 5  # example paths per category in the `data verify --deep` table

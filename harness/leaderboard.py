@@ -293,7 +293,7 @@ def provenance(runs: pd.DataFrame, values: pd.DataFrame, now: dt.datetime | None
                .sort_values(["backbone", "weights_fingerprint"]).reset_index(drop=True))
     tasks = []
     for (task, version), g in values.groupby(["task", "task_version"], sort=True):
-        seeds = sorted({s for s in g["seed"] if s is not None}, key=natural_key)
+        seeds = sorted({s for s in g["seed"] if isinstance(s, str)}, key=natural_key)
         tasks.append({"task": task, "task_version": version, "datasets": ", ".join(sorted(g["dataset"].unique())),
                       "settings": "; ".join(sorted({s or "—" for s in g["setting"]}, key=natural_key)),
                       "seeds": ", ".join(seeds) or "—"})

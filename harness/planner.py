@@ -140,8 +140,9 @@ def backbone_config(name: str, run: RunConfig, suite: SuiteSpec, point: dict[str
     for the entry's task (Vermouth: the method's per-task settings), the suite's options and backbone-grid
     point, the entry's options, the command line's --opt."""
     cls = BACKBONES.get(name)
-    # A variant the backbone lacks is an error listing its variants, whether --variant or the suite named it.
-    variant = run.variant or suite.variant or cls.default_variant
+    # A variant the backbone lacks is an error listing its variants, whether --variant or the suite named it. A
+    # family member (`timm:<model>`) is one model: the suite's variant (mini's `tiny`) is not for it.
+    variant = run.variant or (None if getattr(cls, "family", None) else suite.variant) or cls.default_variant
     if variant not in cls.variants:
         raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
     device = resolve_device(run.device or suite.device)[0]  # `auto` → what this machine has
@@ -187,6 +188,7 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
         for point in backbone_option_points(run, suite):
             per_entry = []
             for entry in suite.entries:
+                _check_kinds(cls, TASKS.get(entry.task))
                 cfg = backbone_config(name, run, suite, point, entry)
                 if cfg not in weights_fps:
                     weights_fps[cfg] = _job_weights_fingerprint(cls, cfg, run.dry_run, result)
@@ -260,6 +262,15 @@ def _missing_weights(needed_by: str, spec: str, exc: WeightsMissingError) -> Mis
     if exc.fetch and os.environ.get("HF_HUB_OFFLINE", "").upper() not in {"1", "ON", "YES", "TRUE"}:
         fetch += " (a run that is not a dry run downloads it itself)"
     return MissingWeights(needed_by, exc.weights or spec, exc.looked_in or str(exc), fetch)
+
+
+def _check_kinds(cls: Any, task: Any) -> None:
+    """A backbone lacking a feature kind the task needs (a global-only model for OVSS) stops the plan."""
+    missing = [k for k in task.required_kinds if k not in cls.feature_kinds]
+    if missing:
+        raise ConfigError(f"backbone '{cls.name}' gives no {'/'.join(missing)} features, which task '{task.name}' "
+                          f"needs; drop the task from the suite or choose a backbone with them "
+                          f"(it gives: {', '.join(cls.feature_kinds)})")
 
 
 def _job_weights_fingerprint(cls: Any, cfg: BackboneConfig, dry_run: bool, result: Plan) -> str:

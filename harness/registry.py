@@ -44,6 +44,8 @@ class Registry(Generic[T]):
         self.base_cls = base_cls
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry] = {}
+        self._families: dict[str, Entry] = {}  # prefix → its factory ("module:attr"), see `add_family`
+        self._members: dict[str, Entry] = {}  # "prefix:rest" names asked for so far
         self._plugins_scanned = False
 
     # -- filling -------------------------------------------------------------------------------
@@ -71,6 +73,26 @@ class Registry(Generic[T]):
             return
         self._entries[name] = Entry(name=name, target=target, source=source, meta=meta)
 
+    def add_family(self, prefix: str, factory: str, **meta: Any) -> None:
+        """Declare a family: any name `prefix:<rest>` (`timm:convnext_tiny`) resolves to `factory(rest)`, imported
+        on first use, which builds the object for that member (a backbone class for that model) or raises a
+        one-line error naming it. Members are never part of `names()`: the family is listed, not its members."""
+        self._families[prefix] = Entry(name=f"{prefix}:", target=factory, meta=meta)
+
+    def families(self) -> list[Entry]:
+        return [self._families[p] for p in sorted(self._families)]
+
+    def _member(self, name: str) -> Entry | None:
+        """The entry of a family member name (made on first ask), or None when no family has its prefix."""
+        prefix, sep, rest = name.partition(":")
+        if not sep or not rest or prefix not in self._families:
+            return None
+        if name not in self._members:
+            family = self._families[prefix]
+            self._members[name] = Entry(name=name, target=family.target, source=f"family:{prefix}",
+                                        meta={**family.meta, "family": prefix, "member": rest, "in_all": False})
+        return self._members[name]
+
     def _scan_plugins(self) -> None:
         if self._plugins_scanned or not self.entry_point_group:
             return
@@ -97,14 +119,22 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry:
         self._scan_plugins()
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, self._entries) from None
+        member = self._member(name)
+        if member is not None:
+            return member
+        known = [*self._entries, *(f"{p}:<name>" for p in self._families)]
+        raise UnknownNameError(self.kind, name, known) from None
 
     def get(self, name: str) -> T:
         """The registered object, importing its module on first use."""
         entry = self.entry(name)
+        if entry.obj is None and "family" in entry.meta:
+            factory = import_target(entry.target or "")
+            loaded = factory(entry.meta["member"])  # a one-line HarnessError for an unknown member
+            self._check_type(name, loaded)
+            entry.obj = loaded
         if entry.obj is None:
             try:
                 loaded = import_target(entry.target or "")

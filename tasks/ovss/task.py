@@ -206,6 +206,7 @@ class OpenVocabSegmentation(Task):
     version = "2"
     description = "open-vocabulary semantic segmentation: FPN text head on frozen dense features, mIoU"
     protocol_model = OVSSProtocol
+    required_kinds: ClassVar[tuple[str, ...]] = ("dense",)
     column_keys: ClassVar[tuple[str, ...]] = ("eval_style",)
     primary_metric = "miou"
     # miou: detectron2 v0.6 / mmseg (Vermouth); miou_gt_classes: detectron2 after July 2022 (CAT-Seg). metrics.py.
