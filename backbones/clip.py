@@ -72,6 +72,18 @@ def _weights_config(path: Path | None) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _model_from_cfg(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """open_clip's model class for a config, picked as its `create_model` picks it: CoCa or CustomTextCLIP for a
+    custom (or Hugging Face) text tower, else CLIP; an HF text tower is built empty (the weights fill it)."""
+    cfg = copy.deepcopy(model_cfg)
+    hf_text = "hf_model_name" in cfg.get("text_cfg", {})
+    if hf_text:
+        cfg["text_cfg"]["hf_model_pretrained"] = False
+    if cfg.pop("custom_text", False) or hf_text:
+        return (open_clip.CoCa if "multimodal_cfg" in cfg else open_clip.CustomTextCLIP)(**cfg)
+    return open_clip.model.CLIP(**cfg)
+
+
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     """open_clip warns on the root logger that the model is randomly initialised: we load the weights next."""
@@ -146,12 +158,11 @@ class CLIPBackbone(Backbone):
         open_clip's eval transform gives (the tower's image size unless the card's `preprocess_cfg` says):
         `global` = the projected embedding; ViT: patch maps [width, H/p, W/p] at `dense_block_indices`;
         ModifiedResNet: layer1..4 (a stride-2 conv, ceil, then floor halvings by average pooling)."""
-        card = cls.variants[config.variant or cls.default_variant]
-        model_cfg = card.extra.get("model_cfg") or open_clip.get_model_config(card.arch)
+        model_cfg, size = cls._shape_source(config)
         if not model_cfg:
             return None
         vision = model_cfg["vision_cfg"]
-        size = card.extra.get("preprocess_cfg", {}).get("size") or vision["image_size"]
+        size = size or vision["image_size"]
         height, width = (size, size) if isinstance(size, int) else size
         shapes: FeatureShapes = {"global": {"global": (int(model_cfg["embed_dim"]),)}}
         layers = vision.get("layers")
@@ -170,7 +181,18 @@ class CLIPBackbone(Backbone):
                                for i in dense_block_indices(int(layers))}
         return shapes
 
+    @classmethod
+    def _shape_source(cls, config: BackboneConfig) -> tuple[dict[str, Any] | None, Any]:
+        """The model config and input size (None: the tower's) `feature_shapes` reads, from the card alone."""
+        card = cls.variants[config.variant or cls.default_variant]
+        model_cfg = card.extra.get("model_cfg") or open_clip.get_model_config(card.arch)
+        return model_cfg, card.extra.get("preprocess_cfg", {}).get("size")
+
     # -- building ----------------------------------------------------------------------------------------
+    def _model_cfg(self) -> dict[str, Any] | None:
+        """The open_clip model config to build from (a card's own), or None for open_clip's config of the arch."""
+        return self.card.extra.get("model_cfg")
+
     def _tag_cfg(self) -> dict[str, Any]:
         """open_clip's registry entry for the card's pretrained tag (quick_gelu, mean/std, ...), or {}."""
         tag = self.card.extra.get("pretrained_tag")
@@ -195,11 +217,11 @@ class CLIPBackbone(Backbone):
 
     def _build(self, pp_overlay: dict[str, Any]) -> torch.nn.Module:
         """open_clip's factory for a named arch; `CLIP(**model_cfg)` plus the same preprocess cfg for a custom one."""
-        model_cfg = self.card.extra.get("model_cfg")
+        model_cfg = self._model_cfg()
         if model_cfg is None:
             return open_clip.create_model(self.card.arch, pretrained=None, force_quick_gelu=self.quick_gelu,
                                           force_preprocess_cfg=pp_overlay or None)
-        model = open_clip.model.CLIP(**{**copy.deepcopy(model_cfg), "quick_gelu": self.quick_gelu})
+        model = _model_from_cfg({**model_cfg, "quick_gelu": self.quick_gelu})
         # As create_model does: defaults, the tower's image size, then the overrides.
         pp = merge_preprocess_dict(PreprocessCfg(), {"size": model.visual.image_size})
         set_model_preprocess_cfg(model, merge_preprocess_dict(pp, pp_overlay))
@@ -217,7 +239,7 @@ class CLIPBackbone(Backbone):
 
     def _tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
         """open_clip's tokenizer for the arch; a custom config gets its BPE tokenizer at the model's context length."""
-        if "model_cfg" in self.card.extra:
+        if self._model_cfg() is not None:
             return open_clip.SimpleTokenizer(context_length=self.model.context_length)
         return open_clip.get_tokenizer(self.card.arch, context_length=self.model.context_length)
 
@@ -312,6 +334,6 @@ class CLIPBackbone(Backbone):
     def fingerprint(self) -> dict[str, Any]:
         fp = {**identity_fingerprint(self, self.weights, self.input_size, self.preprocess_cfg),
               "quick_gelu": self.quick_gelu, "dtype": self.config.dtype}
-        if "model_cfg" in self.card.extra:
-            fp["model_cfg"] = self.card.extra["model_cfg"]
+        if self._model_cfg() is not None:
+            fp["model_cfg"] = self._model_cfg()
         return fp

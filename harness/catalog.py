@@ -30,6 +30,14 @@ BACKBONES.add_family("timm", "backbones.timm_family:timm_backbone",
                      description="any timm model by name (`timm:convnext_tiny`, `timm:convnext_tiny.fb_in22k`): "
                                  "global = pre-logits, dense = the last 4 levels of forward_intermediates",
                      features="global; dense where the model has forward_intermediates")
+BACKBONES.add_family("open_clip", "backbones.open_clip_family:open_clip_backbone",
+                     description="any open_clip model by name (`open_clip:ViT-B-32/laion2b_s34b_b79k`; no tag: "
+                                 "--weights required): global = projected image embedding, text tower kept",
+                     features="global, text; dense (ViT blocks / ResNet stages) except timm-trunk towers")
+BACKBONES.add_family("hf", "backbones.hf_family:hf_backbone",
+                     description="any transformers vision encoder by hub id or folder (`hf:facebook/dinov2-small`)",
+                     features="global (pooled output, else class token); dense (last hidden state) for patch / "
+                              "conv models")
 # `in_all=False`: a load-test stand-in, never part of `--backbone all` (harness.planner.resolve_backbones).
 BACKBONES.add_lazy("synthetic", "backbones.synthetic:SyntheticBackbone", cards="backbones.cards:SYNTHETIC",
                    in_all=False, description="SYNTHETIC (load tests only): the real feature shapes of sd15, "

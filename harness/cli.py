@@ -275,6 +275,8 @@ def leaderboard(
 def profile_cmd(
     backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="name(s), comma-separated, or 'all'")],
     variant: Annotated[str | None, typer.Option(help="variant (default: the backbone's)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="hub id, local file/folder, or 'random' (default: the variant's)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,8,32",
     device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda if visible)")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 | fp64")] = "fp32",
@@ -299,7 +301,7 @@ def profile_cmd(
         if variant is not None and variant not in cls.variants:
             raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
         configs.append(validate(BackboneConfig, {"name": name, "variant": variant or cls.default_variant,
-                                                 "device": device, "dtype": dtype}, "profile"))
+                                                 "weights": weights, "device": device, "dtype": dtype}, "profile"))
     device, why = resolve_device(device)
     check_device_available(device)
     if why:

@@ -1,0 +1,110 @@
+"""`hf:<hub id or folder>`: any transformers vision encoder, built through AutoConfig / AutoModel /
+AutoImageProcessor from what the weights resolver found, on the real CLI; features checked against the
+transformers model called directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from backbone_helpers import backbone_cfg, random_images
+from test_timm_family import fsc_slice, harness_cli
+from transformers import (
+    BitImageProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    SwinConfig,
+    SwinModel,
+)
+
+from harness.catalog import BACKBONES
+from harness.config import RunConfig
+from harness.errors import ConfigError, WeightsMissingError
+from harness.planner import plan
+from harness.suites import load_suite
+
+
+def tiny_dinov2(folder: Path) -> Dinov2Model:
+    torch.manual_seed(3)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     image_size=56, patch_size=14)).eval()
+    model.save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return model
+
+
+def tiny_clip_vision(folder: Path) -> CLIPVisionModel:
+    torch.manual_seed(4)
+    model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, image_size=32, patch_size=8)).eval()
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+def built(folder: Path, **kw):
+    cls = BACKBONES.get(f"hf:{folder}")
+    return cls(backbone_cfg(cls.name, variant="default", **kw))
+
+
+def test_a_dinov2_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path):
+    folder = tmp_path / "dinov2"
+    model = tiny_dinov2(folder)
+    proc = harness_cli(["run", "-b", f"hf:{folder}", "--suite", str(fsc_slice(tmp_path / "s.yaml")),
+                        "--out-dir", str(tmp_path / "lb")], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    board = pd.read_csv(tmp_path / "lb" / "timmfsc.csv")
+    assert list(board["backbone"].unique()) == [f"hf:{folder}:default"]
+    bb = built(folder)
+    x = bb.preprocess(random_images())
+    assert x.shape == (3, 3, 56, 56)
+    with torch.inference_mode():
+        out = model(pixel_values=x)
+    feats = bb.image_features(x, kinds=("global", "dense"))
+    torch.testing.assert_close(feats.global_, out.pooler_output, atol=1e-5, rtol=0)  # the normed class token
+    patches = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(3, 32, 4, 4)
+    torch.testing.assert_close(feats.dense["last"], patches, atol=1e-5, rtol=0)
+
+
+def test_a_clip_vision_tower_gives_its_pooled_output(tmp_path):
+    model = tiny_clip_vision(tmp_path / "clipv")
+    bb = built(tmp_path / "clipv")
+    x = bb.preprocess(random_images())
+    with torch.inference_mode():
+        reference = model(pixel_values=x).pooler_output
+    torch.testing.assert_close(bb.image_features(x).global_, reference, atol=1e-5, rtol=0)
+    assert bb.image_features(x, kinds=("dense",)).dense["last"].shape == (3, 32, 4, 4)
+
+
+def test_random_weights_are_seeded_and_fingerprinted_apart(tmp_path):
+    tiny_dinov2(tmp_path / "d")
+    x = built(tmp_path / "d").preprocess(random_images())
+    a, b = (built(tmp_path / "d", weights="random", seed=s).image_features(x).global_ for s in (0, 0))
+    c = built(tmp_path / "d", weights="random", seed=1).image_features(x).global_
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    trained = built(tmp_path / "d")
+    assert trained.weights.fingerprint.startswith("sha256:") and not np.allclose(
+        trained.image_features(x).global_.numpy(), a.numpy())
+
+
+def test_a_hierarchical_model_is_global_only_and_refused_for_ovss(tmp_path):
+    SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                         window_size=4)).save_pretrained(tmp_path / "swin")
+    name = f"hf:{tmp_path / 'swin'}"
+    assert BACKBONES.get(name).feature_kinds == ("global",)
+    with pytest.raises(ConfigError, match="no dense features, which task 'ovss' needs"):
+        plan(RunConfig(suite="mini", backbones=[name]), load_suite("mini"))
+
+
+def test_a_missing_source_is_one_line_with_the_download_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(WeightsMissingError, match="hf download facebook/dinov2-smallx"):
+        BACKBONES.get("hf:facebook/dinov2-smallx")
