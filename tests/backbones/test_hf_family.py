@@ -54,9 +54,10 @@ def built(folder: Path, **kw):
     return cls(backbone_cfg(cls.name, variant="default", **kw))
 
 
-def test_a_dinov2_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path):
-    folder = tmp_path / "dinov2"
-    model = tiny_dinov2(folder)
+@pytest.mark.parametrize(("save", "side"), [(tiny_dinov2, 56), (tiny_clip_vision, 32)], ids=["dinov2", "clip-vision"])
+def test_a_saved_model_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path, save, side):
+    folder = tmp_path / "model"
+    model = save(folder)
     proc = harness_cli(["run", "-b", f"hf:{folder}", "--suite", str(fsc_slice(tmp_path / "s.yaml")),
                         "--out-dir", str(tmp_path / "lb")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -64,23 +65,15 @@ def test_a_dinov2_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches_tra
     assert list(board["backbone"].unique()) == [f"hf:{folder}:default"]
     bb = built(folder)
     x = bb.preprocess(random_images())
-    assert x.shape == (3, 3, 56, 56)
+    assert x.shape == (3, 3, side, side)
     with torch.inference_mode():
         out = model(pixel_values=x)
     feats = bb.image_features(x, kinds=("global", "dense"))
-    torch.testing.assert_close(feats.global_, out.pooler_output, atol=1e-5, rtol=0)  # the normed class token
-    patches = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(3, 32, 4, 4)
+    # DINOv2: the normed class token; CLIP's vision tower: its post-layernorm class token.
+    torch.testing.assert_close(feats.global_, out.pooler_output, atol=1e-5, rtol=0)
+    grid = side // model.config.patch_size
+    patches = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(3, 32, grid, grid)
     torch.testing.assert_close(feats.dense["last"], patches, atol=1e-5, rtol=0)
-
-
-def test_a_clip_vision_tower_gives_its_pooled_output(tmp_path):
-    model = tiny_clip_vision(tmp_path / "clipv")
-    bb = built(tmp_path / "clipv")
-    x = bb.preprocess(random_images())
-    with torch.inference_mode():
-        reference = model(pixel_values=x).pooler_output
-    torch.testing.assert_close(bb.image_features(x).global_, reference, atol=1e-5, rtol=0)
-    assert bb.image_features(x, kinds=("dense",)).dense["last"].shape == (3, 32, 4, 4)
 
 
 def test_random_weights_are_seeded_and_fingerprinted_apart(tmp_path):
