@@ -18,7 +18,7 @@ from typing import Any
 from harness.api import Dataset, StrictModel
 from harness.catalog import BACKBONES, DATASETS, TASKS
 from harness.config import BackboneConfig, RunConfig, SuiteEntry, SuiteSpec, validate
-from harness.errors import ConfigError, UnknownNameError, WeightsMissingError
+from harness.errors import ConfigError, HarnessError, UnknownNameError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.paths import data_root
 
@@ -299,10 +299,13 @@ def _weights_fingerprint(cls: Any, cfg: BackboneConfig, needed_by: str, result: 
 
 def _check_text_space(spec: str, result: Plan) -> None:
     """A row in `missing_weights` when the weights of text space `spec` (`<backbone>:<variant>`) are absent."""
-    name, _, variant = spec.partition(":")
-    if name not in BACKBONES.names():
+    from harness.text_space import parse_text_space
+
+    try:
+        name, variant = parse_text_space(spec)
+        cls = BACKBONES.get(name)
+    except HarnessError:
         return  # a bad spec is the job's error, with its own message
-    cls = BACKBONES.get(name)
     if variant not in cls.variants:
         return
     _weights_fingerprint(cls, BackboneConfig(name=name, variant=variant), f"{spec} (text space)", result)

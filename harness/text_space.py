@@ -20,11 +20,21 @@ from harness.io import canonical_json, sha256_text
 from harness.paths import cache_root
 
 
+def parse_text_space(spec: str) -> tuple[str, str]:
+    """`<backbone>:<variant>` (`clip:vit-l-14`) → (backbone, variant); a family member's text tower is named
+    whole, its one variant optional: `open_clip:ViT-B-32/openai` or `open_clip:ViT-B-32/openai:default`."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and rest and prefix in {f.name.rstrip(":") for f in BACKBONES.families()}:
+        name, sep2, variant = spec.rpartition(":")
+        return (name, variant) if sep2 and ":" in name else (spec, "default")
+    if not sep or not prefix or not rest:
+        raise ConfigError(f"text_space must look like '<backbone>:<variant>' (e.g. clip:vit-l-14), got '{spec}'")
+    return prefix, rest
+
+
 class TextSpace:
     def __init__(self, spec: str, device: str = "cpu", dtype: str = "fp32"):
-        name, sep, variant = spec.partition(":")
-        if not sep or not name or not variant:
-            raise ConfigError(f"text_space must look like '<backbone>:<variant>' (e.g. clip:vit-l-14), got '{spec}'")
+        name, variant = parse_text_space(spec)
         self.spec = spec
         self.encoder = BACKBONES.get(name)(BackboneConfig(name=name, variant=variant, device=device, dtype=dtype))
         if not hasattr(self.encoder, "prompt_embeddings"):

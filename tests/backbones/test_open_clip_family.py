@@ -82,7 +82,7 @@ def test_an_open_clip_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches
     # The class the run built, from the same folder: open_clip's own transform and forward give the same.
     bb = BACKBONES.get(NAME)(backbone_cfg(NAME, variant="default", weights=str(folder)))
     ims = random_images()
-    transform = open_clip.image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    transform = open_clip.image_transform(64, is_train=False)  # open_clip's defaults: OpenAI mean/std, bicubic
     x = bb.preprocess(ims)
     torch.testing.assert_close(x, torch.stack([transform(im) for im in ims]), atol=0, rtol=0)
     assert x.shape == (3, 3, 64, 64)
@@ -105,7 +105,8 @@ def test_the_tags_preprocessing_applies_where_the_weights_have_none(tmp_path):
     # The weights' own preprocess_cfg wins over the tag's ...
     name = "open_clip:ViT-B-16-SigLIP/webli"
     bb = BACKBONES.get(name)(backbone_cfg(name, variant="default", weights=str(folder)))
-    assert bb.preprocess_cfg["mean"] == tuple(saved["preprocess_cfg"]["mean"])
+    assert list(bb.preprocess_cfg["mean"]) == saved["preprocess_cfg"]["mean"] != [0.5] * 3
+    assert bb.preprocess_cfg["resize_mode"] == saved["preprocess_cfg"]["resize_mode"] == "shortest"
     # ... and without one, the tag's (SigLIP/webli: squash resize, mean = std = 0.5, bicubic) applies.
     config_path.write_text(json.dumps({"model_cfg": saved["model_cfg"]}))
     bb = BACKBONES.get(name)(backbone_cfg(name, variant="default", weights=str(folder)))
@@ -164,3 +165,15 @@ def test_a_missing_hub_copy_is_one_line_with_the_download_command(tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "hf download timm/vit_base_patch32_clip_224.openai" in lines[0], proc.stderr
+
+
+def test_a_family_members_text_tower_is_named_whole_in_a_text_space():
+    from harness.errors import ConfigError
+    from harness.text_space import parse_text_space
+
+    assert parse_text_space("clip:vit-l-14") == ("clip", "vit-l-14")
+    assert parse_text_space("open_clip:ViT-B-32/openai") == ("open_clip:ViT-B-32/openai", "default")
+    assert parse_text_space("open_clip:ViT-B-32/openai:default") == ("open_clip:ViT-B-32/openai", "default")
+    for bad in ("clip", "clip:", ":x"):
+        with pytest.raises(ConfigError, match="text_space must look like"):
+            parse_text_space(bad)
