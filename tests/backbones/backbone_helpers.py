@@ -7,6 +7,9 @@ Imported as `from backbone_helpers import ...` (pytest puts this folder on the p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +19,14 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
 from harness.catalog import BACKBONES
 from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 REV = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -165,3 +171,20 @@ class TimmContract(BackboneContract):
     weight_files = ("model.safetensors", "pytorch_model.bin")
     save_tiny = staticmethod(save_timm)
     reference_global = staticmethod(timm_global)
+
+
+def harness_cli(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, with its own home, cache and data under `tmp`."""
+    environ = {**os.environ, "HARNESS_HOME": str(tmp / "home"), "HARNESS_CACHE": str(tmp / "cache"),
+               "HARNESS_DATA": str(tmp / "data"), "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=environ,
+                          cwd=tmp, timeout=600)
+
+
+def fsc_slice(path: Path, name: str) -> Path:
+    """The mini suite's FSC entry, one linear-probe point, as suite `name` (its leaderboard is `<name>.csv`)."""
+    spec = yaml.safe_load((ROOT / "harness" / "suites" / "mini.yaml").read_text())
+    fsc = next(e for e in spec["entries"] if e["task"] == "fsc")
+    spec.update(name=name, entries=[{**fsc, "grid": {"head": ["linear-probe"], "shots": [1], "seed": [1]}}])
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from backbone_helpers import backbone_cfg, random_images
-from test_timm_family import fsc_slice, harness_cli
+from backbone_helpers import backbone_cfg, fsc_slice, harness_cli, random_images
 from transformers import (
     BitImageProcessor,
     CLIPImageProcessor,
@@ -58,10 +57,10 @@ def built(folder: Path, **kw):
 def test_a_saved_model_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path, save, side):
     folder = tmp_path / "model"
     model = save(folder)
-    proc = harness_cli(["run", "-b", f"hf:{folder}", "--suite", str(fsc_slice(tmp_path / "s.yaml")),
+    proc = harness_cli(["run", "-b", f"hf:{folder}", "--suite", str(fsc_slice(tmp_path / "s.yaml", "hffsc")),
                         "--out-dir", str(tmp_path / "lb")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    board = pd.read_csv(tmp_path / "lb" / "timmfsc.csv")
+    board = pd.read_csv(tmp_path / "lb" / "hffsc.csv")
     assert list(board["backbone"].unique()) == [f"hf:{folder}:default"]
     bb = built(folder)
     x = bb.preprocess(random_images())

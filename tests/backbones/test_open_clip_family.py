@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -15,8 +12,7 @@ import open_clip
 import pandas as pd
 import pytest
 import torch
-import yaml
-from backbone_helpers import backbone_cfg, random_images
+from backbone_helpers import backbone_cfg, fsc_slice, harness_cli, random_images
 from open_clip.model import set_model_preprocess_cfg
 from open_clip.push_to_hf_hub import save_for_hf
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -27,7 +23,6 @@ from harness.errors import HarnessError, UnknownNameError
 from harness.planner import plan
 from harness.suites import load_suite
 
-ROOT = Path(__file__).resolve().parents[2]
 # A small open_clip config (open_clip's model_configs/*.json format): 64 px ViT, 2 blocks; 1-block text tower
 # with CLIP's BPE vocabulary, so the stock tokenizer fits. Run under a registered base arch name (ViT-S-32): the
 # weights' open_clip_config.json carries this config, which the family builds instead (open_clip's hf-hub rule).
@@ -53,26 +48,11 @@ def save_open_clip(model: torch.nn.Module, folder: Path) -> Path:
     return folder
 
 
-def harness_cli(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "HARNESS_HOME": str(tmp / "home"), "HARNESS_CACHE": str(tmp / "cache"),
-               "HARNESS_DATA": str(tmp / "data"), "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=environ,
-                          cwd=tmp, timeout=600)
-
-
-def fsc_slice(path: Path) -> Path:
-    """The mini suite's FSC entry, one linear-probe point."""
-    spec = yaml.safe_load((ROOT / "harness" / "suites" / "mini.yaml").read_text())
-    fsc = next(e for e in spec["entries"] if e["task"] == "fsc")
-    spec.update(name="oclipfsc", entries=[{**fsc, "grid": {"head": ["linear-probe"], "shots": [1], "seed": [1]}}])
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
 def test_an_open_clip_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches_open_clip(tmp_path):
     model = small_model(seed=7)
     folder = save_open_clip(model, tmp_path / "small")
-    proc = harness_cli(["run", "-b", NAME, "--weights", str(folder), "--suite", str(fsc_slice(tmp_path / "s.yaml")),
+    suite = fsc_slice(tmp_path / "s.yaml", "oclipfsc")
+    proc = harness_cli(["run", "-b", NAME, "--weights", str(folder), "--suite", str(suite),
                         "--out-dir", str(tmp_path / "lb")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     board = pd.read_csv(tmp_path / "lb" / "oclipfsc.csv")
@@ -160,7 +140,8 @@ def test_no_tag_and_no_weights_is_one_line_asking_for_weights():
 
 
 def test_a_missing_hub_copy_is_one_line_with_the_download_command(tmp_path):
-    proc = harness_cli(["run", "-b", "open_clip:ViT-B-32/openai", "--suite", str(fsc_slice(tmp_path / "s.yaml"))],
+    suite = fsc_slice(tmp_path / "s.yaml", "oclipfsc")
+    proc = harness_cli(["run", "-b", "open_clip:ViT-B-32/openai", "--suite", str(suite)],
                        tmp_path, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub"))
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -3,25 +3,19 @@ real CLI; features checked against timm called directly."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import timm
 import torch
-import yaml
-from backbone_helpers import backbone_cfg, random_images, save_timm, timm_global
+from backbone_helpers import backbone_cfg, fsc_slice, harness_cli, random_images, save_timm, timm_global
 
 from harness.catalog import BACKBONES
 from harness.config import RunConfig
 from harness.errors import ConfigError, UnknownNameError
 from harness.planner import plan
 from harness.suites import load_suite
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_convnext_folder(folder: Path) -> tuple[torch.nn.Module, Path]:
@@ -32,26 +26,10 @@ def tiny_convnext_folder(folder: Path) -> tuple[torch.nn.Module, Path]:
     return model, save_timm(model, folder)
 
 
-def harness_cli(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "HARNESS_HOME": str(tmp / "home"), "HARNESS_CACHE": str(tmp / "cache"),
-               "HARNESS_DATA": str(tmp / "data"), "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=environ,
-                          cwd=tmp, timeout=600)
-
-
-def fsc_slice(path: Path) -> Path:
-    """The mini suite's FSC entry, one linear-probe point."""
-    spec = yaml.safe_load((ROOT / "harness" / "suites" / "mini.yaml").read_text())
-    fsc = next(e for e in spec["entries"] if e["task"] == "fsc")
-    spec.update(name="timmfsc", entries=[{**fsc, "grid": {"head": ["linear-probe"], "shots": [1], "seed": [1]}}])
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
 def test_a_timm_folder_runs_the_mini_fsc_entry_through_the_cli_and_matches_timm(tmp_path):
     model, folder = tiny_convnext_folder(tmp_path / "convnext_atto")
     proc = harness_cli(["run", "-b", "timm:convnext_atto", "--weights", str(folder), "--suite",
-                        str(fsc_slice(tmp_path / "s.yaml")), "--out-dir", str(tmp_path / "lb")], tmp_path)
+                        str(fsc_slice(tmp_path / "s.yaml", "timmfsc")), "--out-dir", str(tmp_path / "lb")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     board = pd.read_csv(tmp_path / "lb" / "timmfsc.csv")
     assert list(board["backbone"].unique()) == ["timm:convnext_atto:default"]
@@ -107,7 +85,8 @@ def test_a_global_only_model_is_refused_for_a_dense_task_at_planning(monkeypatch
 
 
 def test_a_missing_hub_copy_is_one_line_with_the_download_command(tmp_path):
-    proc = harness_cli(["run", "-b", "timm:resnet18", "--suite", str(fsc_slice(tmp_path / "s.yaml"))], tmp_path,
+    suite = fsc_slice(tmp_path / "s.yaml", "timmfsc")
+    proc = harness_cli(["run", "-b", "timm:resnet18", "--suite", str(suite)], tmp_path,
                        HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub"))
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
