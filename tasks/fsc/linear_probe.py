@@ -57,22 +57,37 @@ def fit_probe(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, tol: float 
 
 
 class _Scorer:
-    """Fits on train and scores on val once per C (fits are deterministic, so a repeated C is the same fit)."""
+    """Fits on train and scores on val once per C (fits are deterministic, so a repeated C is the same fit).
+
+    Only the last `KEPT_MODELS` fitted models are held (lpclip keeps one of its last step's two; ImageNet on
+    4,800-d features makes each model ~38 MB); a chosen C whose model was dropped is fitted again, identically.
+    """
+
+    KEPT_MODELS = 2
 
     def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                  max_iter: int, tol: float):
         self.data, self.max_iter, self.tol = (x_train, y_train, x_val, y_val), max_iter, tol
-        self.fits: dict[float, tuple[float, LogisticRegression]] = {}
+        self.fits: dict[float, float] = {}  # C → val accuracy
+        self.models: dict[float, LogisticRegression] = {}  # the last KEPT_MODELS fits, oldest first
+
+    def _fit(self, c: float) -> LogisticRegression:
+        x_train, y_train, _, _ = self.data
+        model = fit_probe(x_train, y_train, c, self.max_iter, self.tol)
+        self.models[c] = model
+        while len(self.models) > self.KEPT_MODELS:
+            del self.models[next(iter(self.models))]
+        return model
 
     def __call__(self, c: float) -> float:
         if c not in self.fits:
-            x_train, y_train, x_val, y_val = self.data
-            model = fit_probe(x_train, y_train, c, self.max_iter, self.tol)
-            self.fits[c] = (float((model.predict(x_val) == y_val).mean()), model)
-        return self.fits[c][0]
+            _, _, x_val, y_val = self.data
+            self.fits[c] = float((self._fit(c).predict(x_val) == y_val).mean())
+        return self.fits[c]
 
     def result(self, c: float) -> ProbeResult:
-        return ProbeResult(c=c, val_accuracy=self.fits[c][0], model=self.fits[c][1])
+        model = self.models[c] if c in self.models else self._fit(c)
+        return ProbeResult(c=c, val_accuracy=self.fits[c], model=model)
 
     def grid_peak(self, grid: list[float]) -> float:
         """The grid's first best C (numpy argmax: ties go to the earlier grid value, as lpclip)."""
@@ -106,7 +121,7 @@ def search_c_best_val(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
             lo = (lo + hi) / 2
         else:
             hi = (lo + hi) / 2
-    best_c = max(score.fits, key=lambda c: (score.fits[c][0], -abs(math.log10(c) - math.log10(peak))))
+    best_c = max(score.fits, key=lambda c: (score.fits[c], -abs(math.log10(c) - math.log10(peak))))
     return score.result(best_c)
 
 

@@ -167,3 +167,30 @@ def test_on_the_same_features_the_rules_still_part(chosen):
         assert best.val_accuracy >= acc  # the best over all tried is never worse on val
         parted.append(not math.isclose(best.c, c))
     assert any(parted)
+
+
+@pytest.mark.parametrize("search", [search_c_lpclip, search_c_best_val])
+def test_the_kept_model_is_the_fit_of_the_chosen_c(search):
+    x_tr, y_tr, x_val, y_val = problem(3)
+    result = search(x_tr, y_tr, x_val, y_val, GRID, STEPS, MAX_ITER, TOL)
+    with threadpool_limits(limits=1):
+        direct = LogisticRegression(C=result.c, max_iter=MAX_ITER, tol=TOL).fit(x_tr, y_tr)
+    np.testing.assert_array_equal(result.model.coef_, direct.coef_)
+    assert result.val_accuracy == val_accuracy(x_tr, y_tr, x_val, y_val, result.c)
+
+
+def test_only_the_last_two_models_are_held_and_a_dropped_one_is_fitted_again():
+    """One model per C tried would be ~0.9 GB for ImageNet on sd15's features; a chosen C whose model was
+    dropped is fitted again, the same model as a direct fit."""
+    from tasks.fsc.linear_probe import _Scorer
+
+    x_tr, y_tr, x_val, y_val = problem(1)
+    scorer = _Scorer(x_tr, y_tr, x_val, y_val, MAX_ITER, TOL)
+    for c in (1e2, 1.0, 1e-2):
+        scorer(c)
+    assert list(scorer.models) == [1.0, 1e-2] and set(scorer.fits) == {1e2, 1.0, 1e-2}
+    again = scorer.result(1e2).model
+    with threadpool_limits(limits=1):
+        direct = LogisticRegression(C=1e2, max_iter=MAX_ITER, tol=TOL).fit(x_tr, y_tr)
+    np.testing.assert_array_equal(again.coef_, direct.coef_)
+    assert len(scorer.models) == 2
