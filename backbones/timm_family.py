@@ -41,14 +41,13 @@ def _meta_model(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
         return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
 
 
-def _create_kwargs(arch: str) -> dict[str, Any]:
-    """`dynamic_img_size=True` where the model takes it (ViTs: dense heads feed crops of any multiple of the
-    patch size), nothing otherwise."""
+def _meta_model_and_kwargs(arch: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model on the meta device and its `create_model` arguments: `dynamic_img_size=True` where the model
+    takes it (ViTs: dense heads feed crops of any multiple of the patch size), nothing otherwise."""
     try:
-        _meta_model(arch, {"dynamic_img_size": True})
+        return _meta_model(arch, {"dynamic_img_size": True}), {"dynamic_img_size": True}
     except TypeError:
-        return {}
-    return {"dynamic_img_size": True}
+        return _meta_model(arch, {}), {}
 
 
 def _default_weights(arch: str, tag: str) -> str:
@@ -111,8 +110,7 @@ def timm_backbone(spec: str) -> type[TimmFamilyBackbone]:
     arch, _, tag = spec.partition(".")
     if not timm.is_model(arch):
         raise UnknownNameError("timm model", arch, timm.list_models())
-    kwargs = _create_kwargs(arch)
-    model = _meta_model(arch, kwargs)
+    model, kwargs = _meta_model_and_kwargs(arch)
     dense = hasattr(model, "forward_intermediates")
     levels: tuple[str, ...] = ()
     if dense:

@@ -182,19 +182,20 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     _check_overrides(suite, run.overrides)
     result = Plan(suite=suite)
     bases: list[list[tuple[BackboneConfig, str, str]]] = []  # per backbone x grid point: per entry
-    weights_fps: dict[BackboneConfig, str] = {}
+    identities: dict[BackboneConfig, tuple[BackboneConfig, str, str]] = {}  # config → (config, weights fp, card fp)
     for name in resolve_backbones(run.backbones):
         cls = BACKBONES.get(name)
+        for entry in suite.entries:
+            _check_kinds(cls, TASKS.get(entry.task))
         for point in backbone_option_points(run, suite):
             per_entry = []
             for entry in suite.entries:
-                _check_kinds(cls, TASKS.get(entry.task))
                 cfg = backbone_config(name, run, suite, point, entry)
-                if cfg not in weights_fps:
-                    weights_fps[cfg] = _job_weights_fingerprint(cls, cfg, run.dry_run, result)
+                if cfg not in identities:  # entries of one task (or equal presets) share a config
+                    card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
+                    identities[cfg] = (cfg, _job_weights_fingerprint(cls, cfg, run.dry_run, result), card)
                     result.backbones.append(cfg)
-                card = sha256_text(canonical_json(dataclasses.asdict(cls.variants[cfg.variant])))[:16]
-                per_entry.append((cfg, weights_fps[cfg], card))
+                per_entry.append(identities[cfg])
             result.entry_configs.append([cfg for cfg, _, _ in per_entry])
             bases.append(per_entry)
     data_fps: dict[str, str | None] = {}
