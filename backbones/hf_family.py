@@ -112,14 +112,14 @@ class HFBackbone(Backbone):
             return self.model.vision_model(pixel_values=x, **kwargs)
         return self.model(pixel_values=x, **kwargs)
 
-    def _global(self, x: torch.Tensor, out) -> torch.Tensor:
-        if hasattr(self.model, "get_image_features"):
-            kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
-            return self.model.get_image_features(pixel_values=x, **kwargs)
+    def _global(self, out) -> torch.Tensor:
+        """From the one forward pass: a full CLIP model's projection of its pooled output (what
+        `get_image_features` computes, without a second pass), else the pooled output, else the class token."""
         pooled = getattr(out, "pooler_output", None)
-        if pooled is not None:
-            return pooled.flatten(1)
-        return out.last_hidden_state[:, 0]
+        if pooled is None:
+            return out.last_hidden_state[:, 0]
+        projection = getattr(self.model, "visual_projection", None) if hasattr(self.model, "vision_model") else None
+        return projection(pooled) if projection is not None else pooled.flatten(1)
 
     def _dense(self, x: torch.Tensor, out) -> torch.Tensor:
         hidden = out.last_hidden_state
@@ -138,7 +138,7 @@ class HFBackbone(Backbone):
             out = self._outputs(x)
             features = Features()
             if "global" in kinds:
-                features.global_ = to_float32(self._global(x, out))
+                features.global_ = to_float32(self._global(out))
             if "dense" in kinds:
                 features.dense = {"last": to_float32(self._dense(x, out))}
         return features

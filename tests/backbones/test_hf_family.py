@@ -100,3 +100,22 @@ def test_a_missing_source_is_one_line_with_the_download_command(tmp_path, monkey
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(WeightsMissingError, match="hf download facebook/dinov2-smallx"):
         BACKBONES.get("hf:facebook/dinov2-smallx")
+
+
+def test_a_full_clip_model_gives_its_projected_image_embedding_in_one_pass(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(5)
+    tower = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model = CLIPModel(CLIPConfig(text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8},
+                                 projection_dim=16)).eval()
+    model.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "clip")
+    bb = built(tmp_path / "clip")
+    x = bb.preprocess(random_images())
+    with torch.inference_mode():
+        reference = model.get_image_features(pixel_values=x)
+    reference = getattr(reference, "pooler_output", reference)  # newer transformers wrap it in an output
+    assert reference.shape == (3, 16)
+    torch.testing.assert_close(bb.image_features(x).global_, reference, atol=1e-5, rtol=0)
