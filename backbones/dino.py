@@ -1,9 +1,11 @@
 """timm DINO / DINOv2 ViTs as frozen feature extractors: the class token (global) and patch-token maps from
 several depths (dense).
 
-Built, preprocessed and fingerprinted as every timm backbone (`backbones.timm_backbone`, as
-`backbones.resnet`): timm's architecture with `pretrained=False`, filled from the file that `harness.weights`
-resolved. Preprocessing is timm's data config for the model (`resolve_model_data_config` + `create_transform`):
+Built, loaded, preprocessed and fingerprinted as every timm backbone (`backbones.timm_backbone`, as
+`backbones.resnet` and the `timm:` family): timm's architecture with `pretrained=False`, filled from the file
+that `harness.weights` resolved. Its dense maps are not the family's last four blocks but blocks evenly spaced
+over the depth through the final norm (DINOv2's `get_intermediate_layers`), the method's protocol.
+Preprocessing is timm's data config for the model (`resolve_model_data_config` + `create_transform`):
 resize, center-crop, normalise, so a non-square image comes out square. The model is built with
 `dynamic_img_size=True`, so `image_features` also takes tensors of other (non-square) sizes: timm resamples
 the positional embedding to the input's patch grid; at the native size it is used unchanged.
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @register_backbone("dino")
 class DINOBackbone(TimmBackbone):
-    """A timm ViT with the classifier (`head.*`) removed, in eval mode, gradients off.
+    """A timm ViT with the classifier removed, in eval mode, gradients off.
 
     global: `forward_head(forward_features(x), pre_logits=True)`, the normed class token.
     dense: patch tokens after blocks `dense_levels` (1-based), through the final norm (`norm=True`, as
@@ -38,7 +40,6 @@ class DINOBackbone(TimmBackbone):
     variants = DINO
     default_variant = "vit-b-16"
     feature_kinds = ("global", "dense")
-    classifier_prefix = "head."
     create_kwargs = {"dynamic_img_size": True}
 
     def __init__(self, config: BackboneConfig):

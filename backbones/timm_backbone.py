@@ -1,11 +1,13 @@
-"""What the timm backbones (`backbones.resnet`, `backbones.dino`) share: the build, the preprocessing, the
-single-pass forward and the fingerprint.
+"""What every timm backbone (`backbones.resnet`, `backbones.dino`, the `timm:` family) shares: the build, the
+preprocessing, the checkpoint load, the dense maps, the single-pass forward and the fingerprint.
 
 The model is always built from timm's architecture with `pretrained=False`, without its classifier
 (`num_classes=0`), seeded, and then filled from the file that `harness.weights` resolved, so the harness (not
 timm's downloader) decides where weights come from and fingerprints them. Preprocessing is timm's own data
-config for the model (`resolve_model_data_config` + `create_transform`). A subclass says which classifier
-keys a checkpoint may carry, any extra `create_model` arguments, and how its dense maps are taken.
+config for the model (`resolve_model_data_config` + `create_transform`). A checkpoint may carry the
+classifier that `num_classes=0` removed (timm's `pretrained_cfg["classifier"]` names it); any other mismatch is
+an error. Dense maps are the deepest `len(dense_levels)` levels of timm's `forward_intermediates`; a subclass
+names them, adds `create_model` arguments, or (DINO) takes other levels.
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
 
 
+def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """The state-dict prefixes of the classifier that `num_classes=0` removed (timm's `pretrained_cfg`)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
+
+
 class TimmBackbone(Backbone):
     """A timm model with the classifier removed (`num_classes=0`), in eval mode, gradients off."""
 
-    # The state-dict prefix of the classifier, which `num_classes=0` removed on purpose ("fc.", "head.").
-    classifier_prefix: ClassVar[str]
+    # The names of the dense maps: the deepest `len(dense_levels)` levels of `forward_intermediates`.
+    dense_levels: tuple[str, ...] = ()
     # `timm.create_model` arguments every variant of the backbone gets (a card adds `extra["model_kwargs"]`).
     create_kwargs: ClassVar[dict[str, Any]] = {}
 
@@ -87,13 +95,17 @@ class TimmBackbone(Backbone):
 
     @classmethod
     def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:
-        """`{name: (C, H, W)}` of the dense maps for an input of height x width (see `_forward_dense`)."""
-        raise NotImplementedError
+        """`{name: (C, H, W)}` of the dense maps, from a forward pass on the meta device (no memory, no compute)."""
+        with torch.device("meta"):
+            maps = model.forward_intermediates(torch.empty(1, 3, height, width), indices=len(cls.dense_levels),
+                                               intermediates_only=True)
+        return {name: tuple(int(s) for s in m.shape[1:]) for name, m in zip(cls.dense_levels, maps, strict=True)}
 
     @classmethod
     def _load(cls, model: torch.nn.Module, path: Path) -> None:
-        """Strict load, except the classifier (`classifier_prefix`), which `num_classes=0` removed on purpose."""
-        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith(cls.classifier_prefix)}
+        """Strict load, except the classifier, which `num_classes=0` removed on purpose."""
+        prefixes = classifier_prefixes(model)
+        state = {k: v for k, v in load_state_dict(path).items() if not (prefixes and k.startswith(prefixes))}
         load_strict(model, state, path)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -104,8 +116,10 @@ class TimmBackbone(Backbone):
         """Reject an input the model cannot take, before any work (any size by default)."""
 
     def _forward_dense(self, x: torch.Tensor, with_last: bool) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """The final features (None allowed when `with_last` is false) and the named dense maps, in one pass."""
-        raise NotImplementedError
+        """The final features (None when `with_last` is false) and the named dense maps, in one pass."""
+        res = self.model.forward_intermediates(x, indices=len(self.dense_levels), intermediates_only=not with_last)
+        last, maps = res if with_last else (None, res)
+        return last, dict(zip(self.dense_levels, maps, strict=True))
 
     def image_features(self, batch: torch.Tensor, kinds: Sequence[str] = ("global",)) -> Features:
         """One forward pass for any mix of kinds; features come back as fp32 whatever the compute dtype.

@@ -21,19 +21,13 @@ import timm
 import timm.data
 import torch
 
-from backbones.common import load_strict, timm_weights_data_cfg
+from backbones.common import timm_weights_data_cfg
 from backbones.timm_backbone import TimmBackbone
 from harness.api import VariantCard
 from harness.errors import HarnessError, UnknownNameError
-from harness.weights import load_state_dict, resolve_weights
+from harness.weights import resolve_weights
 
 DENSE_LEVELS = 4  # the deepest levels of `forward_intermediates` kept as dense maps
-
-
-def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    """The state-dict prefixes of the classifier that `num_classes=0` removed (timm's `pretrained_cfg`)."""
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
 
 
 def _meta_model(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -63,7 +57,6 @@ class TimmFamilyBackbone(TimmBackbone):
     """A timm model chosen by name; the factory `timm_backbone` makes one subclass per model name."""
 
     family = "timm"  # a family member: one variant, the suite's `variant` does not apply (harness.planner)
-    dense_levels: tuple[str, ...] = ()
 
     def __init__(self, config):
         if not (config.weights or self.card.weights):
@@ -82,25 +75,6 @@ class TimmFamilyBackbone(TimmBackbone):
             return timm_weights_data_cfg(resolve_weights(spec, seed=config.seed).path)
         except HarnessError:  # an unusable file: the planner's weights check names it
             return {}
-
-    @classmethod
-    def _load(cls, model: torch.nn.Module, path: Path) -> None:
-        prefixes = _classifier_prefixes(model)
-        state = {k: v for k, v in load_state_dict(path).items() if not (prefixes and k.startswith(prefixes))}
-        load_strict(model, state, path)
-
-    @classmethod
-    def _dense_shapes(cls, model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[int, ...]]:
-        """The levels' shapes from a forward pass on the meta device (no memory, no compute)."""
-        with torch.device("meta"):
-            maps = model.forward_intermediates(torch.empty(1, 3, height, width), indices=len(cls.dense_levels),
-                                               intermediates_only=True)
-        return {name: tuple(int(s) for s in m.shape[1:]) for name, m in zip(cls.dense_levels, maps, strict=True)}
-
-    def _forward_dense(self, x: torch.Tensor, with_last: bool) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        res = self.model.forward_intermediates(x, indices=len(self.dense_levels), intermediates_only=not with_last)
-        last, maps = res if with_last else (None, res)
-        return last, dict(zip(self.dense_levels, maps, strict=True))
 
 
 @functools.cache
@@ -124,5 +98,5 @@ def timm_backbone(spec: str) -> type[TimmFamilyBackbone]:
                               "dense_levels": list(levels)})
     attrs = {"name": f"timm:{spec}", "variants": {"default": card}, "default_variant": "default",
              "feature_kinds": ("global", "dense") if dense else ("global",), "create_kwargs": kwargs,
-             "classifier_prefix": "", "dense_levels": levels, "__module__": __name__}
+             "dense_levels": levels, "__module__": __name__}
     return type(f"Timm_{spec.replace('.', '_').replace('-', '_')}", (TimmFamilyBackbone,), attrs)
