@@ -48,8 +48,15 @@ def compute_context(device: torch.device, dtype_name: str) -> contextlib.Abstrac
 
 
 def freeze(model: torch.nn.Module, device: torch.device, dtype_name: str = "fp32") -> torch.nn.Module:
-    """Eval mode (BatchNorm statistics fixed), no gradients, on the device, in `weights_dtype(dtype_name)`."""
-    return model.eval().requires_grad_(False).to(device, weights_dtype(dtype_name))
+    """Eval mode (BatchNorm statistics fixed), no gradients, on the device, in `weights_dtype(dtype_name)`.
+
+    A diffusers model that keeps no module in fp32 is cast by `torch.nn.Module.to` itself: diffusers' own `to`
+    casts the same way but warns on every dtype cast, even with an empty `_keep_in_fp32_modules` (diffusers 0.3x),
+    which filled every run's output with noise."""
+    model = model.eval().requires_grad_(False)
+    if hasattr(model, "_keep_in_fp32_modules") and not model._keep_in_fp32_modules:
+        return torch.nn.Module.to(model, device, weights_dtype(dtype_name))
+    return model.to(device, weights_dtype(dtype_name))
 
 
 def square_crop_pixels(im, size: int) -> torch.Tensor:

@@ -274,15 +274,21 @@ ProgressFn = Callable[[int, int], None]
 
 
 class JobContext:
-    """What the executor hands a task besides its inputs: progress reporting and a scratch directory."""
+    """What the executor hands a task besides its inputs: progress reporting, a scratch directory, and the
+    `--limit` of a quick-iteration run (0: every item), which a task applies with `limited` to each split it reads."""
 
-    def __init__(self, workdir: Path, on_batch: ProgressFn | None = None):
+    def __init__(self, workdir: Path, on_batch: ProgressFn | None = None, limit: int = 0):
         self.workdir = Path(workdir)
+        self.limit = int(limit)
         self.on_batch = on_batch or (lambda done, total: None)
         self.counters: dict[str, int] = {}  # e.g. feature-cache hits / misses, copied into the run record
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def limited(self, items: list[Any]) -> list[Any]:
+        """The first `limit` items of a split (all of them without a limit)."""
+        return list(items[: self.limit]) if self.limit else items
 
 
 class Task(abc.ABC):

@@ -464,6 +464,15 @@ def cache_info(root: Path | None = None) -> list[dict]:
     return rows
 
 
+def cache_selection(backbone: str | None = None, root: Path | None = None) -> list[dict]:
+    """The `cache_info` rows `clear_cache(backbone=...)` would delete: every namespace, or those whose namespace
+    record names `backbone` (a name, or name:variant). What `harness cache clear` shows before it asks."""
+    rows = cache_info(root)
+    if backbone is None:
+        return rows
+    return [row for row in rows if backbone in (row["backbone"].split(":", 1)[0], row["backbone"])]
+
+
 def clear_cache(root: Path | None = None, backbone: str | None = None) -> int:
     """Delete the store (or only the namespaces of `backbone`, a name or name:variant); returns bytes freed."""
     root = Path(root) if root else cache_root() / "features"
@@ -476,10 +485,8 @@ def clear_cache(root: Path | None = None, backbone: str | None = None) -> int:
         return size
     ledger = ledger_for(root)
     freed = 0
-    for row in cache_info(root):
-        name, variant = row["backbone"].split(":", 1)
-        if backbone in (name, row["backbone"]):
-            freed += directory_size(root / row["namespace"])
-            shutil.rmtree(root / row["namespace"], ignore_errors=True)
-            ledger.drop_namespace(row["namespace"])
+    for row in cache_selection(backbone, root):
+        freed += directory_size(root / row["namespace"])
+        shutil.rmtree(root / row["namespace"], ignore_errors=True)
+        ledger.drop_namespace(row["namespace"])
     return freed

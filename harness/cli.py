@@ -8,6 +8,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import HarnessError
@@ -29,6 +30,8 @@ AddressOption = Annotated[str | None, typer.Option(
 
 FeatureDtypeOption = Annotated[str | None, typer.Option(
     "--feature-dtype", help="fp16 | bf16 | fp32: what heads see and the feature store keeps (default: the suite's)")]
+OutDirOption = Annotated[Path | None, typer.Option(
+    help="where leaderboards are written [default: $HARNESS_HOME/leaderboards]")]
 WorkersOption = Annotated[int | None, typer.Option(
     "--workers", min=0, help="decoding processes beside the model (default: CPUs - 1, at most 8; 0 = decode inline)")]
 
@@ -64,7 +67,10 @@ def run(
     dry_run: Annotated[bool, typer.Option(
         help="print the plan, what is missing and what it would cost (images, bytes, time); run nothing")] = False,
     skip_missing: Annotated[bool, typer.Option(help="run what is prepared, skip missing datasets")] = False,
-    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+    limit: Annotated[int, typer.Option(min=0, help=(
+        "quick iteration: only the first N items of each split; results go to suite '<suite>@limitN', "
+        "never into the full suite's leaderboard"))] = 0,
+    out_dir: OutDirOption = None,
     shard_: Annotated[str | None, typer.Option("--shard", help="run slice I/N of the job grid (0-based)")] = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
@@ -78,10 +84,10 @@ def run(
         "suite": suite, "backbones": _split_csv(backbone), "variant": variant, "weights": weights,
         "device": device, "dtype": dtype, "feature_dtype": feature_dtype, "batch_size": batch_size, "seeds": seed_list,
         "overrides": parse_overrides(set_ or []), "backbone_options": parse_overrides(opt or [], "--opt"),
-        "resume": resume, "skip_missing": skip_missing,
+        "resume": resume, "skip_missing": skip_missing, "limit": limit,
         "dry_run": dry_run}, "command line")
     _set_workers(workers)
-    _plan_and_run(load_suite(cfg.suite), cfg, out_dir, shard_, executor, address)
+    _plan_and_run(load_suite(cfg.suite, cfg.limit), cfg, _out_dir(out_dir), shard_, executor, address)
 
 
 def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_name: str = "local",
@@ -106,11 +112,14 @@ def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_nam
         for col in ("dataset", "expected path", "how to prepare"):
             table.add_column(col, overflow="fold")
         for m in the_plan.missing:
-            table.add_row(m.name, str(m.path), m.hint or f"harness data prepare {m.name}")
+            table.add_row(*map(escape, (m.name, str(m.path), m.hint or f"harness data prepare {m.name}")))
         err.print(table)
         if not cfg.skip_missing:
             raise HarnessError(f"{len(the_plan.missing)} dataset(s) of suite '{spec.name}' are not prepared "
                                "(table above); prepare them or pass --skip-missing")
+        if not the_plan.jobs:  # skipping every dataset leaves nothing: no empty leaderboard, no MLflow run
+            raise HarnessError(f"nothing to run: every dataset of suite '{spec.name}' is missing, or needs one that "
+                               "is (table above); prepare them, then run again")
     if shard_spec:
         the_plan.jobs = shard(the_plan.jobs, *parse_shard(shard_spec))
     where = {"executor": executor_name, **({"address": address} if address else {})}
@@ -126,7 +135,7 @@ def sweep(
     seeds: Annotated[str | None, typer.Option(help="override the suite's seeds, e.g. 1")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a protocol value: KEY=VALUE")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the plan and stop")] = False,
-    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+    out_dir: OutDirOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
 ) -> None:
@@ -146,7 +155,7 @@ def sweep(
     seed_list = parse_ints("--seeds", seeds) if seeds is not None else None
     cfg = validate(RunConfig, {"suite": spec.name, "backbones": _split_csv(backbone), "seeds": seed_list,
                                "overrides": parse_overrides(set_ or []), "dry_run": dry_run}, "command line")
-    _plan_and_run(spec, cfg, out_dir, None, executor, address)
+    _plan_and_run(spec, cfg, _out_dir(out_dir), None, executor, address)
 
 
 def _resolve_device(spec, cfg, check_here: bool = True):
@@ -161,8 +170,15 @@ def _resolve_device(spec, cfg, check_here: bool = True):
         check_device_available(device, "--device" if cfg.device else f"suite '{spec.name}'")
     if why is None:
         return cfg
-    err.print(why, highlight=False)
+    err.print(why, highlight=False, markup=False)
     return cfg.model_copy(update={"device": device})
+
+
+def _out_dir(out_dir: Path | None) -> Path:
+    """`--out-dir`, or `$HARNESS_HOME/leaderboards`: a run never writes into the checkout unless told to."""
+    from harness.paths import leaderboards_dir
+
+    return out_dir if out_dir is not None else leaderboards_dir()
 
 
 def _check_inputs(out_dir: Path | None = None) -> None:
@@ -188,10 +204,10 @@ def _dry_run(the_plan, cfg, out_dir: Path, shard_spec: str | None) -> None:
                       title_justify="left")
         for col in ("missing", "name", "id", "looked for in", "how to get it"):
             table.add_column(col, no_wrap=True)
-        for w in the_plan.missing_weights:
-            table.add_row("weights", w.needed_by, w.weights, w.looked_in, w.fetch)
+        for w in the_plan.missing_weights:  # escaped: "pip install 'x[extra]'" keeps its brackets
+            table.add_row(*map(escape, ("weights", w.needed_by, w.weights, w.looked_in, w.fetch)))
         for m in the_plan.missing:
-            table.add_row("dataset", m.name, "", str(m.path), f"harness data prepare {m.name}")
+            table.add_row(*map(escape, ("dataset", m.name, "", str(m.path), f"harness data prepare {m.name}")))
         Console(stderr=True, width=400).print(table)  # one line per row, on a terminal and in a log file
     print(render(estimate(the_plan, jobs, out_dir, resume=cfg.resume, skip_missing=cfg.skip_missing)))
     n_weights = len(the_plan.missing_weights)
@@ -236,7 +252,9 @@ def _execute(suite: str, cfg, jobs, out_dir: Path, executor, where: dict) -> Non
               + (f", {len(summary.elsewhere)} finished by another process on this store" if summary.elsewhere else "")
               + (f", {len(summary.relogged)} re-logged to MLflow from their records" if summary.relogged else "")
               + (f", {len(summary.pending)} waiting for `harness sync`" if summary.pending else ""))
-    _print_leaderboard(suite, out_dir)
+    written = _print_leaderboard(suite, out_dir)
+    # The parent MLflow run of this invocation gets the leaderboard files and the summary (never fails the run).
+    tracker.log_suite_outputs(written, {**summary.metrics(len(jobs)), **tracker.suite_means()})
 
 
 def _interrupted(jobs) -> NoReturn:
@@ -250,25 +268,69 @@ def _interrupted(jobs) -> NoReturn:
     raise typer.Exit(130)
 
 
-def _print_leaderboard(suite: str, out_dir: Path) -> None:
-    """Print the Markdown table exactly as written to `<out_dir>/<suite>.md` (plain text never wraps)."""
-    from harness.leaderboard import build_leaderboard, leaderboard_markdown, write_leaderboard
+def _print_leaderboard(suite: str, out_dir: Path) -> list[Path]:
+    """Print the short form (summary, then each task's primary-metric table; no line over 160 characters, plain
+    text never wraps); every metric and the provenance are in the files written, which it returns."""
+    from harness.leaderboard import build_leaderboard, printed_leaderboard, read_profiles, write_leaderboard
     from harness.tracking import Tracker
 
     lb = build_leaderboard(suite, Tracker(suite).job_runs())
     written = write_leaderboard(lb, out_dir)
-    print(leaderboard_markdown(lb))
+    print(printed_leaderboard(lb, read_profiles(out_dir)))
     err.print("written: " + ", ".join(str(p) for p in written))
+    return written
 
 
 @app.command()
 def leaderboard(
     suite: Annotated[str, typer.Option(help="suite name")] = "mini",
-    out_dir: Annotated[Path, typer.Option(help="where leaderboards are written")] = Path("leaderboards"),
+    out_dir: OutDirOption = None,
 ) -> None:
     """Compile the suite's leaderboard from MLflow runs; write Markdown, CSV and HTML; print it."""
+    out_dir = _out_dir(out_dir)
     _check_inputs(out_dir)
-    _print_leaderboard(suite, out_dir)
+    _print_leaderboard(_suite_with_runs(suite), out_dir)
+
+
+def _suite_with_runs(suite: str) -> str:
+    """The suite `harness leaderboard` compiles, looked up read-only first (no MLflow store, experiment or file is
+    made): a name that is no suite and has no runs (a typo) is an unknown name with close matches, and a suite
+    without a finished run says how to make one, rather than an empty leaderboard."""
+    from harness.errors import UnknownNameError
+    from harness.records import RecordStore
+    from harness.suites import builtin_suites, load_suite
+    from harness.tracking import Tracker, experiment_name, shown_uri, sqlite_path, tracking_uri
+
+    try:
+        name, known = load_suite(suite).name, True  # a built-in, `<suite>@limitN`, or a suite file (its name)
+    except UnknownNameError:
+        name, known = suite, False  # a sweep's or another file's suite is known by its runs
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    # A SQLite store not made yet holds no runs, and is not made here; one a file blocks is named by the Tracker.
+    blocked = db is not None and any(p.exists() and not p.is_dir() for p in (db.parent, *db.parent.parents))
+    tracker = Tracker(name, create=False) if db is None or db.exists() or blocked else None
+    if tracker is not None and (tracker.experiment_id is not None or tracker.offline):
+        if len(tracker.job_runs()):  # offline, the leaderboard (and this count) reads the local records
+            return name
+    mlflow = f"MLflow {shown_uri(uri)}" + (" (unreachable: see above)" if tracker is not None and tracker.offline
+                                           else "")
+    store = RecordStore()
+    if (records := store.records(name)) and not (tracker is not None and tracker.offline):
+        raise HarnessError(f"no finished runs of suite '{name}' in {mlflow}, but {len(records)} run record(s) under "
+                           f"{store.root} wait for upload: run `harness sync --suite {name}` first")
+    if known:
+        raise HarnessError(f"no finished runs of suite '{name}' in {mlflow} or under {store.root}; "
+                           f"run `harness run --suite {suite} --backbone NAME` first")
+    names = {*builtin_suites(), *(record["suite"] for record in store.records())}
+    if tracker is not None and tracker.client is not None and not tracker.offline:
+        try:
+            prefix = experiment_name("")
+            names |= {e.name.removeprefix(prefix) for e in tracker.client.search_experiments()
+                      if e.name.startswith(prefix)}
+        except Exception:  # noqa: BLE001 (close matches for a message; never a reason to fail)
+            pass
+    raise UnknownNameError("suite", suite, names)
 
 
 @app.command("profile")
@@ -283,7 +345,8 @@ def profile_cmd(
     repeats: Annotated[int, typer.Option(min=1, help="timed repeats (median and p90 reported)")] = 5,
     warmup: Annotated[int, typer.Option(min=0, help="untimed warm-up passes")] = 2,
     suite: Annotated[str, typer.Option(help="suite whose leaderboard is joined for accuracy")] = "mini",
-    out_dir: Annotated[Path, typer.Option(help="where profiles.{csv,md} are written")] = Path("leaderboards"),
+    out_dir: Annotated[Path | None, typer.Option(
+        help="where profiles.{csv,md} are written [default: $HARNESS_HOME/leaderboards]")] = None,
 ) -> None:
     """Latency, images/s, peak memory, params and FLOPs per backbone and batch size → MLflow + profiles.md."""
     from harness.catalog import BACKBONES
@@ -294,6 +357,7 @@ def profile_cmd(
     from harness.tracking import Tracker
 
     sizes = parse_ints("--batch-sizes", batch_sizes, minimum=1, maximum=MAX_BATCH_SIZE)
+    out_dir = _out_dir(out_dir)
     _check_inputs(out_dir)
     configs = []
     for name in resolve_backbones(_split_csv(backbone)):  # every input checked before the first measurement
@@ -304,22 +368,34 @@ def profile_cmd(
                                                  "weights": weights, "device": device, "dtype": dtype}, "profile"))
     device, why = resolve_device(device)
     check_device_available(device)
+    for cfg in configs:  # absent weights: one line naming them now, not a failed child per batch size
+        BACKBONES.get(cfg.name).weights_fingerprint(cfg)
     if why:
-        err.print(why, highlight=False)
+        err.print(why, highlight=False, markup=False)
     tracker = Tracker("profiles", experiment="profiles")
-    rows = []
+    rows, failed = [], []
     try:
         for cfg in configs:
             cfg = cfg.model_copy(update={"device": device})
             name, var = cfg.name, cfg.variant
             for row in profile_rows(cfg, sizes, warmup=warmup, repeats=repeats):
+                label = f"{name}:{var} bs={row['batch_size']}: "
+                if row.get("error"):  # said, and counted below; never logged or written as a row of NaNs
+                    failed.append(label + row["error"])
+                    err.print(label + "failed: " + row["error"], highlight=False, markup=False, soft_wrap=True)
+                    continue
                 tracker.log_profile(row)
                 rows.append(row)
-                err.print(f"{name}:{var} bs={row['batch_size']}: " + (row.get("error") or
-                          f"{row['latency_median_s'] * 1000:.1f} ms/batch, {row['images_per_s']:.1f} img/s"))
+                err.print(label + f"{row['latency_median_s'] * 1000:.1f} ms/batch, {row['images_per_s']:.1f} img/s",
+                          highlight=False, markup=False)
     except KeyboardInterrupt:
         _profile_interrupted(rows, len(configs) * len(sizes), out_dir, suite)
-    print(_write_profiles(rows, out_dir, suite))
+    if rows:
+        print(_write_profiles(rows, out_dir, suite))
+    if failed:
+        kept = f"the {len(rows)} measured are written to {out_dir / 'profiles.csv'}" if rows else "nothing written"
+        raise HarnessError(f"{len(failed)} of {len(failed) + len(rows)} profile row(s) failed ({kept}); first: "
+                           f"{failed[0]}")
 
 
 def _write_profiles(rows: list[dict], out_dir: Path, suite: str) -> str:
@@ -468,14 +544,14 @@ def data_verify(
     ds = open_dataset(name, generate=False)
     if not deep:
         ds.verify()
-        out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})")
+        out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})", markup=False)
         return
     from harness.verify import deep_verify
 
     report = deep_verify(ds, workers)
     if report.ok:
         out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})\n{report.summary(name)}",
-                  highlight=False)
+                  highlight=False, markup=False)
         return
     table = Table(title=f"{name}: unusable files under {ds.root} (up to {VERIFY_EXAMPLES} per category)")
     for col in ("category", "files", "example", "why"):
@@ -483,7 +559,7 @@ def data_verify(
     for category, count in report.counts().items():
         for i, f in enumerate(report.examples(category, VERIFY_EXAMPLES)):
             shown = f.path.relative_to(ds.root) if f.path.is_relative_to(ds.root) else f.path
-            table.add_row(category if i == 0 else "", str(count) if i == 0 else "", str(shown), f.why)
+            table.add_row(category if i == 0 else "", str(count) if i == 0 else "", escape(str(shown)), escape(f.why))
     out.print(table)
     raise HarnessError(report.summary(name))
 
@@ -508,9 +584,9 @@ def data_prepare(
     ds = open_dataset(name, generate=not archive)
     if not archive:
         if ds.embedded:
-            out.print(f"generated: {name} at {ds.root}")
+            out.print(f"generated: {name} at {ds.root}", markup=False)
         else:
-            out.print(f"{name}: prepare it under {ds.root}\n{ds.prepare_hint}")
+            out.print(f"{name}: prepare it under {ds.root}\n{ds.prepare_hint}", markup=False)
         return
     if ds.embedded:
         raise HarnessError(f"dataset '{name}' is generated by the harness: nothing to unpack")
@@ -518,13 +594,13 @@ def data_prepare(
 
     for path in archive:
         dest, n = unpack_for_dataset(ds.folder, ds.root, path, into, max_unpacked_gb)
-        out.print(f"unpacked: {path} -> {dest} ({n} members)", highlight=False)
+        out.print(f"unpacked: {path} -> {dest} ({n} members)", highlight=False, markup=False)
     try:
         ds.verify()
     except DataMissingError as exc:
         out.print(f"not complete yet: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
-    out.print(f"ok: {name} at {ds.root}", highlight=False)
+    out.print(f"ok: {name} at {ds.root}", highlight=False, markup=False)
 
 
 @cache_app.command("info")
@@ -550,12 +626,40 @@ def cache_info_cmd() -> None:
 def cache_clear_cmd(
     backbone: Annotated[str | None, typer.Option(
         "--backbone", "-b", help="clear only this backbone's namespaces (name, or name:variant)")] = None,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="delete without asking (required when stdin is not a terminal)")] = False,
 ) -> None:
-    """Delete cached features: every namespace, or one backbone's."""
-    from harness.cache import clear_cache
+    """Delete cached features (every namespace, or one backbone's), after saying how many and asking."""
+    from harness.cache import cache_info, cache_selection, clear_cache
+    from harness.paths import cache_root
 
-    what = f"backbone '{backbone}'" if backbone else "everything"
-    out.print(f"cleared {clear_cache(backbone=backbone) / 2**20:.1f} MiB ({what})")
+    root = cache_root() / "features"
+    rows = cache_selection(backbone)
+    if not rows and backbone is not None:  # a typo, or a backbone never cached: nothing done is no success
+        cached = sorted({row["backbone"] for row in cache_info()})
+        raise HarnessError(f"no cached features of backbone '{backbone}' under {root}; cached: "
+                           f"{', '.join(cached) or '(nothing)'}")
+    if not rows:
+        out.print(f"nothing to clear: the feature cache {root} is empty", highlight=False, markup=False)
+        return
+    entries, size = sum(row["entries"] for row in rows), sum(row["bytes"] for row in rows)
+    what = (f"{entries} cached feature entr{'y' if entries == 1 else 'ies'} ({size / 2**20:.1f} MiB) in "
+            f"{len(rows)} namespace(s)"
+            + (f" of backbone '{backbone}'" if backbone else "") + f" under {root}")
+    if not yes:
+        if not _interactive():
+            raise HarnessError(f"`cache clear` would delete {what}, and stdin is no terminal to confirm on; "
+                               "pass --yes to delete")
+        if not typer.confirm(f"delete {what}?", default=False):
+            err.print("nothing deleted", highlight=False)
+            raise typer.Exit(1)
+    clear_cache(backbone=backbone)
+    out.print(f"cleared {what}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _interactive() -> bool:
+    """Whether a person can answer a question on stdin (a pipe, a file or CI cannot)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 @app.command("extract")
@@ -589,13 +693,15 @@ def extract_cmd(
     from harness.parallel_extract import backbone_configs, extract_dataset, suite_for_dataset
 
     _check_inputs()
-    configs = backbone_configs(_split_csv(backbone), suite or suite_for_dataset(dataset), variant=variant,
+    suite_name = suite or suite_for_dataset(dataset)
+    configs = backbone_configs(_split_csv(backbone), suite_name, variant=variant,
                                weights=weights, device=device, dtype=dtype, batch_size=batch_size,
                                options=parse_overrides(opt or [], "--opt"), feature_dtype=feature_dtype,
                                dataset=dataset)
     if executor == "processes":  # Ray workers may have the GPU this driver lacks
         for cfg in configs:
-            check_device_available(cfg.device)
+            check_device_available(cfg.device, "--device" if device else f"suite '{suite_name}'")
+    ray = _ray_with_gpu(address) if executor == "ray" and any(c.device.startswith("cuda") for c in configs) else None
     _set_workers(workers)
     entries_before, done = _cache_entries(), 0
     try:
@@ -607,12 +713,29 @@ def extract_cmd(
             twins = f" (+{s.items - s.images} files with the same bytes)" if s.items > s.images else ""
             out.print(f"{s.backbone}{options} {s.dataset}: {s.images} images{twins} x {'+'.join(s.kinds)}, "
                       f"{s.shards} shard(s) on {s.workers} {s.executor} worker(s): {s.extracted} extracted, "
-                      f"{s.cached} already cached, {s.seconds:.1f} s", highlight=False, soft_wrap=True)
+                      f"{s.cached} already cached, {s.seconds:.1f} s", highlight=False, soft_wrap=True, markup=False)
             if s.streamed:
                 err.print(f"[yellow]warning:[/yellow] {s.streamed} feature(s) were computed but not stored: the "
                           "cache budget (HARNESS_CACHE_BUDGET_GB) is spent")
     except KeyboardInterrupt:
         _extract_interrupted(dataset, done, len(configs), entries_before)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+
+
+def _ray_with_gpu(address: str | None):
+    """Ray, connected for a CUDA extraction and checked to have a GPU: a cluster without one would leave every
+    task waiting for it forever. Stays connected for `extract_dataset` (which then neither connects nor stops it)."""
+    from harness.ray_support import init_ray, require_cluster_gpu
+
+    ray = init_ray(address)
+    try:
+        require_cluster_gpu(ray, "extraction workers")
+    except HarnessError:
+        ray.shutdown()
+        raise
+    return ray
 
 
 def _cache_entries() -> int | None:

@@ -147,6 +147,7 @@ class RunConfig(StrictModel):
     resume: bool = True
     skip_missing: bool = False
     dry_run: bool = False
+    limit: int = Field(0, ge=0)  # first N items of each split (0: all); such runs form their own suite `<suite>@limitN`
 
     @field_validator("device")
     @classmethod

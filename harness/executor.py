@@ -47,6 +47,12 @@ class RunSummary:
     pending: list[str] = field(default_factory=list)  # records not in MLflow yet (tracker unreachable)
     elsewhere: list[str] = field(default_factory=list)  # finished meanwhile by another process on this store
 
+    def metrics(self, planned: int) -> dict[str, float]:
+        """The counts as the parent MLflow run's summary metrics (`jobs.*`)."""
+        counts = {"planned": planned, "ran": len(self.ran), "skipped": len(self.skipped),
+                  "relogged": len(self.relogged), "pending": len(self.pending), "elsewhere": len(self.elsewhere)}
+        return {f"jobs.{k}": float(v) for k, v in counts.items()}
+
 
 def build_backbone(config: BackboneConfig) -> Backbone:
     return BACKBONES.get(config.name)(config)
@@ -72,7 +78,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         torch.cuda.reset_peak_memory_stats()
     rss_scope = mark_peak()  # this job's peak, not an earlier job's
     start = time.perf_counter()
-    ctx = JobContext(workdir, on_batch)
+    ctx = JobContext(workdir, on_batch, limit=job.limit)
     result = task_cls().evaluate(backbone, dataset, protocol, ctx)
     elapsed = time.perf_counter() - start
     record = {
@@ -90,6 +96,7 @@ def run_job(job: Job, backbone: Backbone, on_batch=None) -> tuple[dict[str, Any]
         "data_fingerprint": job.data_fingerprint,
         "protocol": job.protocol,
         "column": job.column,
+        **({"limit": job.limit} if job.limit else {}),  # a quick-iteration run on the first N items per split
         "metrics": result.metrics,
         "item_se": {m: {"se": float(v.se), "n": int(v.n), "binomial": bool(v.binomial)}
                     for m, v in result.item_se.items() if math.isfinite(v.se)},

@@ -3,9 +3,14 @@
 Rows are backbones (variant and weights kind included, random-init rows marked; backbone options such as
 Vermouth's `t`/`stages` included where they vary); columns are task.version/dataset/protocol setting/metric,
 so results of different task versions never share a column; repeats over seeds become mean ± std
-(population std, as CoOp's `parse_test_res.py` reports) with their count. Per column, the best backbone is
-marked and every other one is tested against it over the seeds both ran (`harness.stats`): † = the gap is
-not larger than the seed spread.
+(population std, as CoOp's `parse_test_res.py` reports; blank for one seed) with their count. Per column, the
+best backbone is marked and every other one is tested against it over the seeds both ran (`harness.stats`):
+† = the gap is not larger than the seed spread.
+
+Layout (to read at a glance): a summary first — a row per backbone, a column per task version (its primary
+metric averaged over datasets and settings), the mean rank, and cost from `profiles.csv` — then one table per
+task version with short column codes explained under it; the provenance last. The printed form (after a run)
+keeps the primary metrics and no line wider than PRINT_WIDTH; the files hold every metric.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,9 +153,26 @@ def values_to_long(values: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in values.groupby(KEYS, sort=True):
         mean = float(group["value"].mean())
-        rows.append({**dict(zip(KEYS, key, strict=True)), "mean": mean, "std": float(group["value"].std(ddof=0)),
+        # one seed has no spread: the std is left blank (NaN), not written as 0.0000
+        std = float(group["value"].std(ddof=0)) if len(group) > 1 else float("nan")
+        rows.append({**dict(zip(KEYS, key, strict=True)), "mean": mean, "std": std,
                      "n": len(group), **item_summary(group, mean)})
-    return add_dataset_averages(_typed(pd.DataFrame(rows, columns=CSV_COLUMNS)))
+    return sort_long(add_dataset_averages(_typed(pd.DataFrame(rows, columns=CSV_COLUMNS))))
+
+
+def _row_order(backbone: str, task: str, version: str, dataset: str, setting: str, metric: str) -> tuple:
+    """The CSV's row order: numbers in names compare as numbers (`shots=1, 4, 16`), dataset averages last."""
+    return (natural_key(backbone), task, natural_key(str(version)), str(dataset).startswith("average of"),
+            natural_key(str(dataset)), natural_key(str(setting)), str(metric))
+
+
+def sort_long(long: pd.DataFrame) -> pd.DataFrame:
+    """`long` in natural order (see `_row_order`), index reset (the significance marks index by row)."""
+    if long.empty:
+        return long
+    keys = [_row_order(*r) for r in long[KEYS].itertuples(index=False, name=None)]
+    order = sorted(range(len(long)), key=keys.__getitem__)
+    return long.iloc[order].reset_index(drop=True)
 
 
 def _typed(long: pd.DataFrame) -> pd.DataFrame:
@@ -330,7 +353,7 @@ class Leaderboard:
     long: pd.DataFrame  # the CSV: CSV_COLUMNS
     values: pd.DataFrame  # per run and metric (seeds kept)
     marks: pd.DataFrame  # best / tied per cell
-    provenance: Provenance
+    provenance: Provenance | None  # None: a board put together from its parts (`render_markdown`)
 
 
 def build_leaderboard(suite: str, runs: pd.DataFrame, now: dt.datetime | None = None) -> Leaderboard:
@@ -339,11 +362,444 @@ def build_leaderboard(suite: str, runs: pd.DataFrame, now: dt.datetime | None = 
     return Leaderboard(suite, long, values, significance(values, long), provenance(runs, values, now))
 
 
+# -- The layout: a summary first (one row per backbone, one column per task), then one table per task version,
+# the legends under each table, provenance last. The printed form keeps every line within PRINT_WIDTH.
+
+PRINT_WIDTH = 160  # the printed leaderboard's widest line (a terminal); tables are split to fit
+PROSE_WIDTH = 120  # legends and notes, printed and in the .md, wrap here (long lines read badly)
+LABEL_MAX = 72  # a printed row label longer than this is shortened in its middle, so a table column still fits
+PARTIAL_MARK = "*"
+COST_COLUMNS = {"latency_per_image_ms": "ms/img", "peak_memory_mb": "peak MiB", "params": "params M"}
+
 LEGEND = (f"**Bold**: best mean in the column. {TIED_MARK}: not significantly different from the best "
           f"(two-sided paired t-test over the seeds both ran, p ≥ {ALPHA}); unmarked cells are either significantly "
           "worse or could not be tested (fewer than two shared seeds).")
-VERSIONS_NOTE = ("Task versions are separate columns (`task.vN/...`): results of different task versions or "
-                 "protocol settings are never averaged together.")
+VERSIONS_NOTE = ("Each task version has its own table and summary column (`task.vN`): results of different task "
+                 "versions are never averaged together.")
+SUMMARY_RULE = ("Each is averaged over the task version's datasets and settings (each cell first averaged over its "
+                "seeds); **bold**: best in the column.")
+RANK_RULE = ("Mean rank: the backbone's rank in each task column (1 = best; equal averages share the mean of the ranks "
+             "they span, e.g. 1.5, 1.5, 3), averaged over the task columns it is ranked in; rows are sorted by it.")
+PARTIAL_NOTE = (f"`{PARTIAL_MARK}`: the backbone lacks some of the task's cells, so its average (over the cells it "
+                "has) is not comparable and is not ranked; (k/m) after a mean rank: ranked in k of the m task columns.")
+
+
+def read_profiles(out_dir: Path) -> pd.DataFrame | None:
+    """`<out_dir>/profiles.csv` as `harness profile` writes it; None when absent or without latencies."""
+    path = Path(out_dir) / "profiles.csv"
+    if not path.is_file():
+        return None
+    profiles = pd.read_csv(path)
+    needed = {"backbone", "variant", "latency_per_image_ms"}
+    return profiles if needed <= set(profiles.columns) else None
+
+
+def select_profiles(profiles: pd.DataFrame | None) -> tuple[pd.DataFrame, str, str]:
+    """One comparable profile row per backbone:variant: the device (then dtype) that profiled the most backbones,
+    and each backbone's largest profiled batch (its throughput-bound latency). Returns (rows, device, dtype)."""
+    if profiles is None or profiles.empty or "latency_per_image_ms" not in profiles.columns:
+        return pd.DataFrame(columns=["backbone", "variant", "latency_per_image_ms"]), "?", "?"
+    prof = profiles.dropna(subset=["latency_per_image_ms"])
+    chosen = {}
+    for column in ("device", "dtype"):
+        if column in prof.columns and not prof.empty:
+            counts = prof.groupby(column)["backbone"].nunique()
+            chosen[column] = str(counts[counts == counts.max()].sort_index().index[0])
+            prof = prof[prof[column].astype(str) == chosen[column]]
+    if "batch_size" in prof.columns:
+        prof = prof.sort_values("batch_size", kind="stable")
+    prof = prof.groupby(["backbone", "variant"]).tail(1).reset_index(drop=True)
+    return prof, chosen.get("device", "?"), chosen.get("dtype", "?")
+
+
+@dataclass
+class Costs:
+    """Cost columns of the summary: per (backbone name, variant), {column heading: value}."""
+
+    values: dict[tuple[str, str], dict[str, float]]
+    columns: list[str]
+    note: str
+
+
+def cost_columns(profiles: pd.DataFrame | None) -> Costs | None:
+    rows, device, dtype = select_profiles(profiles)
+    if rows.empty:
+        return None
+    present = [c for c in COST_COLUMNS if c in rows.columns and rows[c].notna().any()]
+    values = {}
+    for r in rows.to_dict("records"):
+        cost = {}
+        for c in present:
+            v = pd.to_numeric(r.get(c), errors="coerce")
+            cost[COST_COLUMNS[c]] = float(v) / (1e6 if c == "params" else 1) if pd.notna(v) else float("nan")
+        values[(str(r["backbone"]), str(r["variant"]))] = cost
+    memory = ""
+    if "memory_kind" in rows.columns and rows["memory_kind"].notna().any():
+        memory = f" ({', '.join(sorted(rows['memory_kind'].dropna().astype(str).unique()))})"
+    what = {"ms/img": "latency per image (ms)", "peak MiB": f"peak memory{memory}",
+            "params M": "parameters in millions"}
+    note = (f"Cost (`harness profile` on {device}, {dtype}, each backbone's largest profiled batch, default "
+            "options): " + "; ".join(f"{COST_COLUMNS[c]} = {what[COST_COLUMNS[c]]}" for c in present) + ".")
+    return Costs(values, [COST_COLUMNS[c] for c in present], note)
+
+
+def primary_metrics(values: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """Per (task, version): its primary metric(s), as the runs' `primary` rows say."""
+    if values.empty or "primary" not in values.columns:
+        return {}
+    prim = values[values["primary"].fillna(False).astype(bool)]
+    return {(t, str(v)): sorted(g["metric"].unique()) for (t, v), g in prim.groupby(["task", "task_version"])}
+
+
+def _is_average(dataset: str) -> bool:
+    return str(dataset).startswith("average of")
+
+
+def task_scores(long: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone and task column (task, version, primary metric): the mean over its datasets and settings of the
+    cells' means over seeds (`score`), the cells it has of the column's (`cells` / `of_cells`), and its `rank`
+    among the backbones that have every cell (ties share the mean of their ranks; NaN for the incomplete)."""
+    columns = ["backbone", "task", "task_version", "metric", "score", "cells", "of_cells", "complete", "rank"]
+    prim = primary_metrics(values)
+    if long.empty or not prim:
+        return pd.DataFrame(columns=columns)
+    wanted = {(t, v, m) for (t, v), ms in prim.items() for m in ms}
+    keep = [(t, str(v), m) in wanted for t, v, m in zip(long["task"], long["task_version"], long["metric"],
+                                                        strict=True)]
+    cells = long[pd.Series(keep, index=long.index) & ~long["dataset"].map(_is_average)]
+    rows = []
+    for (task, version, metric), g in cells.groupby(["task", "task_version", "metric"], sort=False):
+        full = set(zip(g["dataset"], g["setting"], strict=True))
+        for backbone, sub in g.groupby("backbone", sort=False):
+            have = set(zip(sub["dataset"], sub["setting"], strict=True))
+            rows.append({"backbone": backbone, "task": task, "task_version": str(version), "metric": metric,
+                         "score": float(sub["mean"].mean()), "cells": len(have), "of_cells": len(full),
+                         "complete": have == full})
+    out = pd.DataFrame(rows, columns=columns[:-1])
+    out["rank"] = float("nan")
+    for (_, _, metric), g in out[out["complete"]].groupby(["task", "task_version", "metric"]):
+        # rounded so that equal averages summed in another order still tie
+        out.loc[g.index, "rank"] = g["score"].round(9).rank(method="average", ascending=not higher_is_better(metric))
+    return out
+
+
+@dataclass
+class Summary:
+    """The summary table: `rows` (backbone labels by mean rank), task `columns` (task, version, metric)."""
+
+    rows: list[str]
+    columns: list[tuple[str, str, str]]
+    scores: pd.DataFrame  # task_scores
+    mean_rank: dict[str, tuple[float, int]]  # backbone → (mean rank, task columns it is ranked in)
+    costs: Costs | None
+    names: dict[str, tuple[str, str]]  # backbone label → (backbone name, variant), for the cost columns
+
+    def header(self, column: tuple[str, str, str]) -> str:
+        """`fsc.v2`; the metric (said in the legend) joins it only where a task version has two primary metrics."""
+        task, version, metric = column
+        shared = sum(1 for t, v, _ in self.columns if (t, v) == (task, version)) > 1
+        return f"{task}.v{version}" + (f" {metric}" if shared else "")
+
+    def metrics_note(self) -> str:
+        return "Primary metric per task column: " + ", ".join(
+            f"{self.header(c)} = {c[2]}" for c in self.columns) + "."
+
+    def cost(self, backbone: str) -> dict[str, float]:
+        if self.costs is None:
+            return {}
+        return self.costs.values.get(self.names.get(backbone, ("", "")), {})
+
+
+def summary(lb: Leaderboard, profiles: pd.DataFrame | None = None) -> Summary:
+    scores = task_scores(lb.long, lb.values)
+    columns = sorted({(t, v, m) for t, v, m in zip(scores["task"], scores["task_version"], scores["metric"],
+                                                     strict=True)}, key=lambda c: (c[0], natural_key(c[1]), c[2]))
+    ranked = scores.dropna(subset=["rank"]).groupby("backbone")["rank"].agg(["mean", "count"])
+    mean_rank = {b: (float(r["mean"]), int(r["count"])) for b, r in ranked.iterrows()}
+    backbones = list(dict.fromkeys(scores["backbone"]))
+    rows = sorted(backbones, key=lambda b: (b not in mean_rank, mean_rank.get(b, (0.0, 0))[0],
+                                            -mean_rank.get(b, (0.0, 0))[1], natural_key(b)))
+    names = {}
+    if not lb.values.empty and {"backbone_name", "variant"} <= set(lb.values.columns):
+        for b, name, variant in lb.values[["backbone", "backbone_name", "variant"]].drop_duplicates(
+                "backbone").itertuples(index=False, name=None):
+            names[b] = (str(name), str(variant))
+    return Summary(rows, columns, scores, mean_rank, cost_columns(profiles), names)
+
+
+def _number(value: float) -> str:
+    """Three significant digits, never in exponent form; thousands grouped."""
+    if pd.isna(value):
+        return "—"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def summary_frame(s: Summary) -> pd.DataFrame:
+    """The summary as Markdown cell strings: backbone, a column per task, mean rank, cost columns."""
+    scores = s.scores.set_index(["backbone", "task", "task_version", "metric"])
+    best = {c: None for c in s.columns}
+    for c in s.columns:
+        ranked = s.scores[(s.scores["task"] == c[0]) & (s.scores["task_version"] == c[1])
+                          & (s.scores["metric"] == c[2]) & s.scores["complete"]]
+        if not ranked.empty:
+            best[c] = ranked["score"].max() if higher_is_better(c[2]) else ranked["score"].min()
+    rows = []
+    for b in s.rows:
+        row = {"backbone": b}
+        for c in s.columns:
+            if (b, *c) not in scores.index:
+                row[s.header(c)] = "—"
+                continue
+            r = scores.loc[(b, *c)]
+            text = f"{r['score']:.2f}" + ("" if r["complete"] else PARTIAL_MARK)
+            row[s.header(c)] = f"**{text}**" if r["complete"] and abs(r["score"] - best[c]) <= 1e-9 else text
+        rank, k = s.mean_rank.get(b, (float("nan"), 0))
+        row["mean rank"] = "—" if k == 0 else f"{rank:.2f}" + (f" ({k}/{len(s.columns)})" if k < len(s.columns)
+                                                               else "")
+        if s.costs is not None:
+            cost = s.cost(b)
+            for c in s.costs.columns:
+                row[c] = _number(cost.get(c, float("nan")))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_notes(s: Summary) -> list[str]:
+    notes = [s.metrics_note() + " " + SUMMARY_RULE, RANK_RULE]
+    if not s.scores.empty and not s.scores["complete"].all():
+        notes.append(PARTIAL_NOTE)
+    if s.costs is not None:
+        notes.append(s.costs.note)
+    return notes
+
+
+# -- per-task tables: short column codes, what every column shares said once above the table -------------------
+
+def _setting_parts(setting: str) -> list[tuple[str, str]]:
+    """`head=linear-probe,shots=1` → [("head", "linear-probe"), ("shots", "1")]; a comma inside a value (no `=`
+    after it) stays in the value; a part without `=` has the key ""."""
+    parts: list[list[str]] = []
+    for token in str(setting or "").split(","):
+        if "=" in token:
+            key, _, value = token.partition("=")
+            parts.append([key.strip(), value.strip()])
+        elif parts:
+            parts[-1][1] += "," + token
+        elif token.strip():
+            parts.append(["", token.strip()])
+    return [(k, v) for k, v in parts]
+
+
+def _abbreviation(value: str) -> str:
+    """`linear-probe` → `lp`, `text-classifier` → `tc`, numbers and short words kept."""
+    if re.fullmatch(r"[\d.]+", value) or len(value) <= 6:
+        return value
+    words = [w for w in re.split(r"[-_ +]+", value) if w]
+    if len(words) > 1:
+        return "".join(w if w.isdigit() else w[0] for w in words)
+    return value[:4]
+
+
+def _dataset_code(dataset: str) -> str:
+    if _is_average(dataset):
+        return "avg"
+    return dataset if len(dataset) <= 12 else _abbreviation(dataset)
+
+
+@dataclass
+class TaskColumn:
+    dataset: str
+    setting: str
+    metric: str
+    code: str = ""  # short heading (`lp-1`)
+    detail: list[str] = field(default_factory=list)  # what the code stands for, in full
+
+    @property
+    def described(self) -> str:
+        return ", ".join(self.detail)
+
+
+@dataclass
+class TaskTable:
+    """One task version's table: rows (backbones), columns (dataset x setting x metric) with short codes."""
+
+    task: str
+    version: str
+    columns: list[TaskColumn]
+    constant: list[str]  # what every column shares (`dataset mini_coop`, `eval_style=whole`, `metric top1`)
+    primary: list[str]
+    usual_n: int  # the seed count of most cells: stated once; other counts are written in their cells
+    rows: list[str]
+    cells: dict[tuple[str, int], dict]  # (backbone, column index) → mean, std, n, best, tied, p_value, n_paired
+    metrics_left_out: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} v{self.version}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", f"task-{self.task}-v{self.version}")
+
+    def caption(self) -> str:
+        differs = any(c["n"] != self.usual_n for c in self.cells.values())
+        seeds = ("one seed per cell (no std)" if self.usual_n == 1 else
+                 f"cells: mean ± population std over {self.usual_n} seeds")
+        seeds += " (other seed counts: n written in the cell)" if differs else ""
+        parts = list(self.constant)
+        if len({c.metric for c in self.columns}) > 1 and self.primary:
+            parts.append(f"primary metric {', '.join(self.primary)}")
+        if self.metrics_left_out:
+            parts.append(f"other metrics ({', '.join(self.metrics_left_out)}) in the written files")
+        return " · ".join([*parts, seeds])
+
+    def legend(self) -> str:
+        entries = [f"`{c.code}` = {c.described}" for c in self.columns if c.code != c.described]
+        return ("Columns: " + "; ".join(entries) + ".") if entries else ""
+
+
+def _column_codes(columns: list[TaskColumn]) -> list[str]:
+    """Fill each column's code and detail from what varies between the table's columns; returns the parts every
+    column shares (said once, in the caption)."""
+    datasets = list(dict.fromkeys(c.dataset for c in columns))
+    metrics = list(dict.fromkeys(c.metric for c in columns))
+    parsed = [dict(_setting_parts(c.setting)) for c in columns]
+    keys = list(dict.fromkeys(k for p in parsed for k in p))
+    varying = [k for k in keys if len({p.get(k, "") for p in parsed}) > 1]
+    constant = [f"dataset {datasets[0]}"] if len(datasets) == 1 else []
+    constant += [f"{k}={v}" if k else v for k, v in parsed[0].items() if k not in varying]
+    if len(metrics) == 1:
+        constant.append(f"metric {metrics[0]}")
+
+    def codes(short: bool) -> list[str]:
+        out = []
+        for c, p in zip(columns, parsed, strict=True):
+            parts = [_dataset_code(c.dataset) if short else c.dataset] if len(datasets) > 1 else []
+            parts += [_abbreviation(p[k]) if short else p[k] for k in varying if p.get(k)]
+            parts += [c.metric] if len(metrics) > 1 else []
+            out.append("-".join(parts) or c.metric)
+        return out
+
+    for short in (True, False):
+        chosen = codes(short)
+        if len(set(chosen)) == len(chosen):
+            break
+    else:
+        chosen = [f"c{i + 1}" for i in range(len(columns))]
+    for c, p, code in zip(columns, parsed, chosen, strict=True):
+        c.code = code
+        c.detail = ([c.dataset] if len(datasets) > 1 else []) + [f"{k}={p[k]}" if k else p[k] for k in varying
+                                                                  if p.get(k)]
+        c.detail += [c.metric] if len(metrics) > 1 or not c.detail else []
+    return constant
+
+
+def task_tables(lb: Leaderboard, order: list[str] | None = None, primary_only: bool = False) -> list[TaskTable]:
+    """One table per task version, rows in `order` (the summary's) first; `primary_only` keeps the primary metric's
+    columns (the printed form), naming the others."""
+    long = lb.long
+    if long.empty:
+        return []
+    marks = {}
+    if lb.marks is not None and not lb.marks.empty:
+        marks = {tuple(r[k] for k in KEYS): r for r in lb.marks.to_dict("records")}
+    prim = primary_metrics(lb.values)
+    rank = {b: i for i, b in enumerate(order or [])}
+    tables = []
+    keys = sorted({(t, str(v)) for t, v in zip(long["task"], long["task_version"], strict=True)},
+                  key=lambda k: (k[0], natural_key(k[1])))
+    for task, version in keys:
+        g = long[(long["task"] == task) & (long["task_version"].astype(str) == version)]
+        primary = prim.get((task, version), [])
+        left_out = []
+        if primary_only and primary and set(g["metric"]) - set(primary):
+            left_out = sorted(set(g["metric"]) - set(primary))
+            g = g[g["metric"].isin(primary)]
+        col_keys = sorted(set(zip(g["dataset"], g["setting"], g["metric"], strict=True)),
+                          key=lambda c: (_is_average(c[0]), natural_key(str(c[0])), natural_key(str(c[1])),
+                                         c[2] not in primary, c[2]))
+        columns = [TaskColumn(d, s, m) for d, s, m in col_keys]
+        constant = _column_codes(columns)
+        index = {(c.dataset, c.setting, c.metric): i for i, c in enumerate(columns)}
+        cells = {}
+        for r in g.to_dict("records"):
+            m = marks.get(tuple(r[k] for k in KEYS), {})
+            cells[(r["backbone"], index[(r["dataset"], r["setting"], r["metric"])])] = {
+                "mean": r["mean"], "std": r["std"], "n": int(r["n"]), "best": m.get("best") is True,
+                "tied": m.get("tied") is True, "p_value": m.get("p_value", float("nan")),
+                "n_paired": m.get("n_paired", 0)}
+        counts = pd.Series([c["n"] for c in cells.values()])
+        usual_n = int(counts.value_counts().sort_index(ascending=False).idxmax()) if len(counts) else 1
+        rows = sorted(set(g["backbone"]), key=lambda b: (rank.get(b, len(rank)), natural_key(b)))
+        tables.append(TaskTable(task, version, columns, constant, primary, usual_n, rows, cells, left_out))
+    return tables
+
+
+def task_cell_text(cell: dict, usual_n: int) -> str:
+    """`48.40 ± 1.75`: the seed count is said in the caption, and written in the cell only where it differs."""
+    text = f"{cell['mean']:.2f}" + (f" ± {cell['std']:.2f}" if cell["n"] > 1 and not pd.isna(cell["std"]) else "")
+    return text + (f" (n={cell['n']})" if cell["n"] != usual_n else "")
+
+
+def task_frame(t: TaskTable) -> pd.DataFrame:
+    rows = []
+    for b in t.rows:
+        row = {"backbone": b}
+        for i, c in enumerate(t.columns):
+            cell = t.cells.get((b, i))
+            if cell is None:
+                row[c.code] = "—"
+                continue
+            text = task_cell_text(cell, t.usual_n)
+            row[c.code] = f"**{text}**" if cell["best"] else (f"{text} {TIED_MARK}" if cell["tied"] else text)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["backbone", *[c.code for c in t.columns]])
+
+
+# -- Markdown: the file (every metric, provenance) and the printed form (primary metrics, ≤ PRINT_WIDTH) -------
+
+def _wrap(text: str, indent: str = "") -> str:
+    """Wrapped at PROSE_WIDTH; a legend's entries (`lp-1` = head=linear-probe, shots=1) are not broken."""
+    if text.startswith("Columns: "):
+        keep = "\x00"
+        text = re.sub(r"`[^`]+` = [^;]+", lambda m: m.group(0).replace(" ", keep), text)
+        return textwrap.fill(text, width=PROSE_WIDTH, subsequent_indent=indent,
+                             break_on_hyphens=False).replace(keep, " ")
+    return textwrap.fill(text, width=PROSE_WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def _fit_label(label: str, limit: int = LABEL_MAX) -> str:
+    if len(label) <= limit:
+        return label
+    keep = limit - 1
+    return label[: keep - keep // 3] + "…" + label[-(keep // 3):]
+
+
+def markdown_tables(frame: pd.DataFrame, width: int | None = None) -> list[str]:
+    """`frame` (first column: the row label) as Markdown; with `width`, its columns split over several tables, the
+    label repeated, so that no line is wider (the label shortened past LABEL_MAX)."""
+    frame = frame.astype(str)
+    label = frame.columns[0]
+    if width is not None:
+        frame[label] = frame[label].map(_fit_label)
+
+    def render(cols: list[str]) -> str:
+        return frame[[label, *cols]].to_markdown(index=False, disable_numparse=True,
+                                                 colalign=("left",) + ("right",) * len(cols))
+
+    rest = list(frame.columns[1:])
+    if width is None or not rest:
+        return [render(rest)]
+    chunks, current = [], []
+    for c in rest:
+        if current and max(map(len, render([*current, c]).splitlines())) > width:
+            chunks.append(render(current))
+            current = []
+        current.append(c)
+    chunks.append(render(current))
+    return chunks
 
 
 def provenance_markdown(p: Provenance) -> str:
@@ -358,24 +814,57 @@ def provenance_markdown(p: Provenance) -> str:
                      f"seeds {r.seeds}")
     for r in p.settings.itertuples():
         lines.append(f"- backbone options of {r.backbone} for {r.task}: {r.options}")
-    return "\n".join(lines)
+    return "\n".join(_wrap(line, "  ") for line in lines)
+
+
+def _board_markdown(lb: Leaderboard, profiles: pd.DataFrame | None, printed: bool) -> str:
+    """The shared layout. `printed`: primary metrics only, tables split to PRINT_WIDTH, no provenance."""
+    width = PRINT_WIDTH if printed else None
+    out = [f"# Leaderboard: suite `{lb.suite}`", ""]
+    if lb.long.empty:
+        return "\n".join([*out, "_no finished runs_", ""])
+    s = summary(lb, profiles)
+    tables = task_tables(lb, order=s.rows, primary_only=printed)
+    intro = (f"{lb.long['backbone'].nunique()} backbone row(s), {len(tables)} task version(s), compiled from MLflow "
+             "runs. The summary first, then one table per task version")
+    intro += (" (primary metrics; every metric and the provenance are in the written .md and .html)." if printed
+              else "; the provenance at the end.")
+    out += [_wrap(intro), ""]
+    if s.rows:
+        out += ["## Summary", ""]
+        for chunk in markdown_tables(summary_frame(s), width):
+            out += [chunk, ""]
+        out += [*(_wrap(note) for note in summary_notes(s)), ""]
+    if lb.marks is not None and not lb.marks.empty:
+        out += [_wrap(LEGEND + " " + VERSIONS_NOTE), ""]
+    for t in tables:
+        out += [f"## {t.title}", "", _wrap(t.caption()), ""]
+        for chunk in markdown_tables(task_frame(t), width):
+            out += [chunk, ""]
+        if t.legend():
+            out += [_wrap(t.legend()), ""]
+    if not printed and lb.provenance is not None:
+        out += ["## Provenance", "", provenance_markdown(lb.provenance), ""]
+    return "\n".join(out)
 
 
 def render_markdown(suite: str, long: pd.DataFrame, marks: pd.DataFrame | None = None,
-                    prov: Provenance | None = None) -> str:
-    wide = to_wide(long, marks)
-    body = wide.reset_index().to_markdown(index=False) if not wide.empty else "_no finished runs_"
-    head = (f"# Leaderboard: suite `{suite}`\n\n"
-            "Cells: mean ± population std over seeds (n = number of seeds). Compiled from MLflow runs.\n\n")
-    if marks is not None:
-        head += LEGEND + " " + VERSIONS_NOTE + "\n\n"
-    if prov is not None:
-        head += "Provenance:\n\n" + provenance_markdown(prov) + "\n\n"
-    return head + f"{body}\n"
+                    prov: Provenance | None = None, values: pd.DataFrame | None = None,
+                    profiles: pd.DataFrame | None = None) -> str:
+    """The Markdown file from its parts; without `values` (which metric is primary) there is no summary."""
+    lb = Leaderboard(suite, long, values if values is not None else pd.DataFrame(),
+                     marks if marks is not None else pd.DataFrame(), prov)
+    return _board_markdown(lb, profiles, printed=False)
 
 
-def leaderboard_markdown(lb: Leaderboard) -> str:
-    return render_markdown(lb.suite, lb.long, lb.marks, lb.provenance)
+def leaderboard_markdown(lb: Leaderboard, profiles: pd.DataFrame | None = None) -> str:
+    """`<suite>.md`: summary, every task version's table with every metric, legends, provenance."""
+    return _board_markdown(lb, profiles, printed=False)
+
+
+def printed_leaderboard(lb: Leaderboard, profiles: pd.DataFrame | None = None) -> str:
+    """What the CLI prints after a run: summary and primary-metric tables, no line wider than PRINT_WIDTH."""
+    return _board_markdown(lb, profiles, printed=True)
 
 
 def compile_leaderboard(suite: str, out_dir: Path | None = Path("leaderboards"), html: bool = True) -> pd.DataFrame:
@@ -390,10 +879,11 @@ def write_leaderboard(lb: Leaderboard, out_dir: Path, html: bool = True) -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{lb.suite}.md", out_dir / f"{lb.suite}.csv"]
     lb.long.to_csv(written[1], index=False, float_format="%.4f")
-    written[0].write_text(leaderboard_markdown(lb))
+    profiles = read_profiles(out_dir)
+    written[0].write_text(leaderboard_markdown(lb, profiles))
     if html:
-        from harness.leaderboard_html import read_profiles, render_html
+        from harness.leaderboard_html import render_html
 
         written.append(out_dir / f"{lb.suite}.html")
-        written[2].write_text(render_html(lb, read_profiles(out_dir)), encoding="utf-8")
+        written[2].write_text(render_html(lb, profiles), encoding="utf-8")
     return written

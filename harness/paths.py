@@ -11,6 +11,12 @@ def harness_home() -> Path:
     return Path(os.environ.get("HARNESS_HOME") or Path.cwd() / ".harness").expanduser().resolve()
 
 
+def leaderboards_dir() -> Path:
+    """Where leaderboards and profiles are written by default: `HARNESS_HOME/leaderboards`, never the checkout
+    (the committed `leaderboards/` holds CI's baseline, which a run must not overwrite)."""
+    return harness_home() / "leaderboards"
+
+
 def data_root() -> Path:
     """Prepared datasets: `HARNESS_DATA` or `~/.cache/harness/data`."""
     return Path(os.environ.get("HARNESS_DATA") or Path.home() / ".cache" / "harness" / "data").expanduser()

@@ -21,6 +21,7 @@ from harness.config import BackboneConfig, RunConfig, SuiteEntry, SuiteSpec, val
 from harness.errors import ConfigError, HarnessError, UnknownNameError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.paths import data_root
+from harness.suites import split_limit
 
 
 class Job(StrictModel):
@@ -34,10 +35,11 @@ class Job(StrictModel):
     data_fingerprint: str
     weights_fingerprint: str
     card_fingerprint: str = ""  # the variant card (architecture config), so editing a tiny config re-runs
+    limit: int = 0  # `--limit`: first N items of each split; 0 (every item) stays out of the key
 
     @property
     def key(self) -> str:
-        payload = self.model_dump(exclude={"suite", "column"})
+        payload = self.model_dump(exclude={"suite", "column"} | (set() if self.limit else {"limit"}))
         return sha256_text(canonical_json(payload))[:24]
 
     @property
@@ -180,6 +182,7 @@ def protocol_points(entry_grid: dict[str, list[Any]], run: RunConfig, overrides:
 def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
     """Expand a suite into jobs; datasets that are not prepared are listed, not planned."""
     _check_overrides(suite, run.overrides)
+    limit = run.limit or split_limit(suite.name)[1]  # `--limit N`, or a suite named `<suite>@limitN`
     result = Plan(suite=suite)
     bases: list[list[tuple[BackboneConfig, str, str]]] = []  # per backbone x grid point: per entry
     identities: dict[BackboneConfig, tuple[BackboneConfig, str, str]] = {}  # config → (config, weights fp, card fp)
@@ -234,7 +237,8 @@ def plan(run: RunConfig, suite: SuiteSpec) -> Plan:
                     result.jobs.append(Job(
                         suite=suite.name, backbone=cfg, task=entry.task, task_version=task.version,
                         dataset=ds_name, protocol=protocol, column=task.column_label(protocol),
-                        data_fingerprint=data_fp, weights_fingerprint=weights_fp, card_fingerprint=card_fp))
+                        data_fingerprint=data_fp, weights_fingerprint=weights_fp, card_fingerprint=card_fp,
+                        limit=limit))
     order = {cfg: i for i, cfg in enumerate(result.backbones)}
     result.jobs.sort(key=lambda job: order[job.backbone])  # stable: one backbone config built at a time
     result.missing_weights = list({(m.needed_by, m.weights): m for m in result.missing_weights}.values())

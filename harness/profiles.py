@@ -12,14 +12,18 @@ ROW_KEYS = ["backbone", "variant", "device", "dtype", "batch_size"]
 
 
 def update_profiles(rows: list[dict], out_dir: Path) -> pd.DataFrame:
-    """Merge new rows into `<out_dir>/profiles.csv` (a re-profiled key replaces its old row)."""
+    """Merge new rows into `<out_dir>/profiles.csv` (a re-profiled key replaces its old row). A failed measurement
+    (an `error` row) is never a row: it would read as a backbone with no cost (NaN), so it is dropped, and so is
+    any such row an older file holds."""
     path = Path(out_dir) / "profiles.csv"
-    new = pd.json_normalize(rows)
+    new = pd.json_normalize([row for row in rows if not row.get("error")])
     if path.is_file():
         old = pd.read_csv(path)
         merged = pd.concat([old, new], ignore_index=True).drop_duplicates(subset=ROW_KEYS, keep="last")
     else:
         merged = new
+    if "error" in merged.columns:
+        merged = merged[merged["error"].isna()].drop(columns="error")
     merged = merged.sort_values(ROW_KEYS).reset_index(drop=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     merged.to_csv(path, index=False)

@@ -52,3 +52,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     except ConnectionError as exc:
         raise HarnessError(f"cannot reach the Ray cluster at '{address}': {exc}") from None
     return ray
+
+
+def require_cluster_gpu(ray: Any, what: str) -> None:
+    """A CUDA task on a Ray cluster without GPUs would wait for one forever: one line instead, before any task."""
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        raise HarnessError(f"{what} on CUDA need a GPU, and the Ray cluster has none; use --device cpu, or a "
+                           "cluster with GPUs")

@@ -3,6 +3,14 @@
 Default store: a SQLite file under `HARNESS_HOME` (artifacts beside it); `MLFLOW_TRACKING_URI`
 overrides. mlflow is imported lazily so that the CLI starts fast.
 
+What a user sees in the MLflow UI comes from the run record (`job_metrics`, `job_params`, `job_tags`): the
+reported metrics at step 0; each training curve of the record (`CURVES`, e.g. `train.loss`) with one step per
+epoch or iteration; timings (`time.*_s`), memory (`memory.*_mb`), backbone throughput and the job's counters;
+a run name `backbone:variant/task/dataset/setting/seed`; MLflow's own `mlflow.source.git.commit` tag. The parent
+run of a `harness run` gets the leaderboard files and summary metrics (`log_suite_outputs`). Experiments carry
+a description (`mlflow.note.content`) and their artifacts live next to the store (`store_artifact_root`), never in
+the working directory.
+
 An unreachable tracking server never stops a run: HTTP requests fail fast (short timeout, few
 retries, unless the MLFLOW_HTTP_REQUEST_* variables say otherwise), the tracker then goes *offline*
 with one warning, records stay the source of truth, jobs not logged are marked pending, and
@@ -27,8 +35,11 @@ with the job runs it left RUNNING under it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import math
 import os
+import re
 import socket
 import sqlite3
 import tempfile
@@ -39,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from harness import locks
+from harness import __version__, locks
 from harness.errors import HarnessError, warn
 from harness.paths import harness_home
 
@@ -178,6 +189,62 @@ def experiment_name(suite: str) -> str:
     return f"harness-{suite}"
 
 
+def store_artifact_root(uri: str) -> Path | None:
+    """Where the artifacts of a store's experiments go: next to the store, one folder per store, never the
+    working directory (MLflow's own default for a database store is `./mlruns` of wherever the command runs,
+    so two stores used from one folder would share `mlruns/<id>`).
+
+    The default store (`HARNESS_HOME/mlflow.db`), and any SQLite store named `mlflow.db`: `mlartifacts` beside
+    it; another SQLite file `NAME.db`: `NAME-mlartifacts` beside it; a database server: a folder under
+    `HARNESS_HOME/mlartifacts` named after the server's URI. None for a tracking server (it serves artifacts
+    itself) and for stores MLflow keeps in a folder of their own.
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        db = db.expanduser().resolve()
+        return db.parent / ("mlartifacts" if db.name == "mlflow.db" else f"{db.stem}-mlartifacts")
+    backend = database_backend(uri)
+    if backend is not None:
+        digest = hashlib.sha256(shown_uri(uri).encode()).hexdigest()[:12]
+        return harness_home() / "mlartifacts" / f"{backend}-{digest}"
+    return None
+
+
+def experiment_tags(suite: str, experiment: str) -> dict[str, str]:
+    """An experiment's tags; `mlflow.note.content` is the description MLflow's UI shows."""
+    if experiment == experiment_name(suite):
+        note = (f"Runs of harness suite `{suite}`. One parent run per `harness run` (its params are the run's "
+                "configuration; the suite's leaderboard files `leaderboard/*` and summary metrics `jobs.*`, "
+                "`mean.<task>.<metric>/<backbone>.<variant>` are attached when it ends), and under it one run "
+                "per job: the protocol as params, the reported metrics, training curves by step (`train.loss`), "
+                "timings (`time.*`), memory (`memory.*`), throughput and counters, and the run record "
+                "(`record.json`).")
+    else:
+        note = f"harness experiment `{experiment}`: one run per measured row (numbers as metrics, the rest as params)."
+    return {"mlflow.note.content": note, "harness.suite": suite, "harness.version": __version__}
+
+
+def mlflow_git_commit(commit: str | None) -> str | None:
+    """MLflow's `mlflow.source.git.commit` wants a bare SHA: the harness's `<sha>+dirty` without the mark; None
+    when the commit is unknown."""
+    sha = (commit or "").split("+")[0]
+    return sha if re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
+def run_name(record: dict[str, Any]) -> str:
+    """`backbone:variant/task/dataset/setting/seed=N` from a record; empty parts (no setting) are left out, and a
+    quick-iteration run (`--limit N`) ends in `/limit=N`."""
+    seed, limit = record["protocol"].get("seed"), record.get("limit")
+    parts = [f"{record['backbone']['name']}:{record['backbone']['variant']}", record["task"], record["dataset"],
+             record.get("column") or "", f"seed={seed}" if seed is not None else "", f"limit={limit}" if limit else ""]
+    return "/".join(str(p) for p in parts if p)
+
+
+def metric_key(text: str) -> str:
+    """`text` as an MLflow metric key valid on every platform (slashes, word characters, `.`, `-`, spaces)."""
+    return re.sub(r"[^/\w.\- ]", "_", text)
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts → `a.b.c` keys, the shape MLflow params want."""
     out: dict[str, Any] = {}
@@ -208,7 +275,8 @@ def ensure_sqlite_store(uri: str, artifact_root: Path | None = None) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        store = SqlAlchemyStore(sqlite_uri(tmp), str(artifact_root or Path("mlruns").resolve()))
+        root = artifact_root or store_artifact_root(uri)  # never `./mlruns` of the working directory
+        store = SqlAlchemyStore(sqlite_uri(tmp), str(root))
         store.engine.dispose()
         with contextlib.suppress(FileExistsError):  # a concurrent run created it first: keep that one
             os.link(tmp, db)
@@ -306,7 +374,7 @@ class Tracker:
     active-run state behind; a job run is FINISHED only once its params, metrics and record are in.
     """
 
-    def __init__(self, suite: str, experiment: str | None = None):
+    def __init__(self, suite: str, experiment: str | None = None, create: bool = True):
         for name, value in FAST_FAIL_ENV.items():
             os.environ.setdefault(name, value)
         import mlflow
@@ -323,10 +391,14 @@ class Tracker:
         self.default_store = self.uri == sqlite_uri(harness_home() / "mlflow.db")
         self.db = sqlite_path(self.uri)  # the local store's file; None for a tracking server
         self.database = database_backend(self.uri)  # 'postgresql' | 'mysql' | 'mssql' for a database server
+        self.artifact_root = store_artifact_root(self.uri)
         self.offline_reason: str | None = None
         self.parent_run_id: str | None = None
+        self.invocation_run_id: str | None = None  # the last parent run, kept after it ends (`log_suite_outputs`)
+        self.jobs_logged = 0  # job runs logged under the current parent run
         self.experiment_id: str | None = None
         self.client = None  # stays None when the store fails before MLflow is handed it
+        self.create = create  # False: read-only, a missing experiment is not made (experiment_id stays None)
         if self.db is not None:
             self._refuse_file_as_folder(self.db)
         try:
@@ -353,7 +425,7 @@ class Tracker:
         and a database server must answer `check_database_store`.
         """
         if self.db is not None:
-            ensure_sqlite_store(self.uri, harness_home() / "mlartifacts" if self.default_store else None)
+            ensure_sqlite_store(self.uri, self.artifact_root)
             check_sqlite_store(self.db)
         elif self.database is not None:
             check_database_store(self.uri)
@@ -392,17 +464,18 @@ class Tracker:
         if self.offline:
             raise TrackerUnavailable(self.offline_problem())
 
-    def _experiment(self) -> str:
+    def _experiment(self) -> str | None:
         """The experiment's id, created if missing; a concurrent process creating it first is no failure."""
         name = self.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        artifact_location = None
-        if self.default_store:
-            artifact_location = (harness_home() / "mlartifacts").as_uri()
+        if not self.create:
+            return None
+        location = self.artifact_root.as_uri() if self.artifact_root is not None else None
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags=experiment_tags(self.suite, name))
         except Exception:
             # Lost the race (SQLite: UNIQUE constraint failed; a server: RESOURCE_ALREADY_EXISTS): use the
             # winner's experiment. Any other failure leaves it missing, and the first error stands.
@@ -428,25 +501,41 @@ class Tracker:
 
     @contextlib.contextmanager
     def invocation(self, params: dict[str, Any], name: str | None = None) -> Iterator[str | None]:
-        """The parent run of one `harness run` (None when offline); never fails the work inside it."""
-        from mlflow.entities import Param, RunStatus
+        """The parent run of one `harness run` (None when offline); never fails the work inside it.
+
+        It ends with `jobs.logged`, the job runs logged under it (also when the work inside fails), and stays
+        `invocation_run_id` afterwards, for `log_suite_outputs`.
+        """
+        from mlflow.entities import Metric, Param, RunStatus
+
+        from harness.records import git_commit
 
         run_id = None
         if not self.offline:
             try:
                 self.close_killed_invocations()
+                self._refresh_experiment_tags()
                 me = locks.current_owner()
                 tags = {"harness.kind": INVOCATION_KIND, "harness.suite": self.suite, "harness.pid": str(me.pid),
-                        "harness.host": me.host, "harness.pid_started": me.started or ""}
+                        "harness.host": me.host, "harness.pid_started": me.started or "",
+                        "harness.version": __version__, "harness.git_commit": git_commit(),
+                        "mlflow.note.content": f"One `harness` invocation on suite `{self.suite}`: its job runs "
+                                               "are nested under it; the leaderboard files it wrote are its "
+                                               "artifacts."}
+                sha = mlflow_git_commit(git_commit())
+                if sha:
+                    tags["mlflow.source.git.commit"] = sha
                 run = self.client.create_run(self.experiment_id, run_name=name or f"harness run {self.suite}",
                                              tags=tags)
                 run_id = run.info.run_id
-                items = [Param(k, str(v)[:500]) for k, v in flatten(params).items()]
+                # A value left unset (None: the suite's or the variant's default) reads "(default)", not "None".
+                items = [Param(k, "(default)" if v is None else str(v)[:500]) for k, v in flatten(params).items()]
                 for i in range(0, len(items), 100):
                     self.client.log_batch(run_id, params=items[i:i + 100])
             except Exception as exc:  # noqa: BLE001
                 self.go_offline(exc)
-        self.parent_run_id = run_id
+        self.parent_run_id = self.invocation_run_id = run_id
+        self.jobs_logged = 0
         status = RunStatus.to_string(RunStatus.FINISHED)
         try:
             yield run_id
@@ -457,9 +546,67 @@ class Tracker:
             self.parent_run_id = None
             if run_id is not None and not self.offline:
                 try:
+                    self.client.log_batch(run_id, metrics=[Metric("jobs.logged", float(self.jobs_logged),
+                                                                  int(time.time() * 1000), 0)])
                     self.client.set_terminated(run_id, status)
                 except Exception as exc:  # noqa: BLE001
                     self.go_offline(exc)
+
+    def _refresh_experiment_tags(self) -> None:
+        """Give the experiment its description and tags where they are missing or stale (an experiment made by
+        an older harness has none)."""
+        have = self.client.get_experiment(self.experiment_id).tags
+        for key, value in experiment_tags(self.suite, self.experiment).items():
+            if have.get(key) != value:
+                self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def log_suite_outputs(self, paths: list[Path], metrics: dict[str, float], run_id: str | None = None) -> bool:
+        """Attach what a `harness run` produced to its parent run (default: the last `invocation`): the files
+        under `leaderboard/`, the metrics at step 0 (keys made MLflow-valid). Whether they were logged.
+
+        Never raises: without a parent run (offline) nothing is done; a store failing now is one warning, since
+        the files are on disk and the job runs already logged.
+        """
+        from mlflow.entities import Metric
+
+        run_id = run_id or self.invocation_run_id
+        if run_id is None or self.offline:
+            return False
+        try:
+            stamp = int(time.time() * 1000)
+            items = [Metric(metric_key(k), float(v), stamp, 0) for k, v in metrics.items()]
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            for path in paths:
+                self.client.log_artifact(run_id, str(path), artifact_path="leaderboard")
+        except Exception as exc:  # noqa: BLE001
+            warn(f"the leaderboard files and summary of suite '{self.suite}' could not be attached to MLflow run "
+                 f"{run_id} ({failure_text(exc)}); they are on disk")
+            return False
+        return True
+
+    def suite_means(self) -> dict[str, float]:
+        """Per backbone:variant and task, the mean primary metric over the suite's finished job runs (one per job
+        key, the newest), as `mean.<task>.<metric>/<backbone>.<variant>`; plus `suite.jobs_finished`. Empty when
+        offline (the parent run they are for does not exist then)."""
+        if self.offline:
+            return {}
+        runs = self.job_runs()
+        if self.offline or runs.empty:
+            return {}
+        runs = runs.drop_duplicates(subset="tags.harness.job_key", keep="first")
+        sums: dict[str, list[float]] = {}
+        for _, run in runs.iterrows():
+            primary = run.get("tags.harness.primary_metric")
+            value = run.get(f"metrics.{primary}")
+            if value is None or not math.isfinite(float(value)):
+                continue
+            key = (f"mean.{run['tags.harness.task']}.{primary}/"
+                   f"{run['tags.harness.backbone']}.{run['tags.harness.variant']}")
+            sums.setdefault(metric_key(key), []).append(float(value))
+        out = {"suite.jobs_finished": float(len(runs))}
+        out.update({k: sum(v) / len(v) for k, v in sorted(sums.items())})
+        return out
 
     def close_killed_invocations(self) -> list[str]:
         """Mark parent runs left RUNNING by a killed process of this host KILLED, and the job runs left RUNNING
@@ -552,17 +699,13 @@ class Tracker:
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         params = job_params(record)
-        name = f"{record['backbone']['name']}/{record['task']}/{record['dataset']}/{record['column']}"
-        seed = record["protocol"].get("seed")
         run_id = None
         try:
-            run = self.client.create_run(self.experiment_id, tags=tags,
-                                         run_name=name + (f"/seed={seed}" if seed is not None else ""))
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(record))
             run_id = run.info.run_id
             stamp = int(run.info.start_time or 0)
             p = [Param(k, v) for k, v in params.items()]
-            metrics = {**record["metrics"], **item_se_metrics(record)}
-            m = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+            m = [Metric(k, v, stamp, step) for k, v, step in job_metrics(record)]
             for i in range(0, max(len(p), len(m), 1), 100):
                 self.client.log_batch(run_id, metrics=m[i:i + 100], params=p[i:i + 100])
             self.client.log_dict(run_id, record, "record.json")
@@ -575,6 +718,8 @@ class Tracker:
                     self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             self.go_offline(exc)
             raise TrackerUnavailable(f"logging job {record['job_key']} failed: {self.offline_reason}") from exc
+        if self.parent_run_id:
+            self.jobs_logged += 1
         return run_id
 
     def log_profile(self, row: dict[str, Any]) -> str:
@@ -626,7 +771,7 @@ def log_claim_name(key: str) -> str:
 
 def job_tags(record: dict[str, Any], suite: str | None = None) -> dict[str, str]:
     """The tags of a job run, all from its record."""
-    return {
+    tags = {
         "harness.kind": JOB_KIND,
         "harness.suite": suite or record["suite"],
         "harness.job_key": record["job_key"],
@@ -644,6 +789,12 @@ def job_tags(record: dict[str, Any], suite: str | None = None) -> dict[str, str]
         "harness.device": record["environment"]["device"],
         "harness.packages": ",".join(f"{k}=={v}" for k, v in record["environment"]["packages"].items()),
     }
+    if record["environment"].get("harness_version"):  # the leaderboard's provenance reads it
+        tags["harness.version"] = str(record["environment"]["harness_version"])
+    sha = mlflow_git_commit(record["environment"]["git_commit"])
+    if sha:
+        tags["mlflow.source.git.commit"] = sha
+    return tags
 
 
 # Item-level uncertainty rides along as extra MLflow metrics named after the metric (never a leaderboard row:
@@ -661,9 +812,99 @@ def item_se_metrics(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def readable_weights(record: dict[str, Any]) -> str:
+    """The weights a job ran with, in words: as configured, or where the config left them to the variant's
+    default (`None`), the resolved identity (`random(seed=0,init=v2)`, `<hub id>@<revision>`, `sha256:...`)."""
+    weights = record["backbone"].get("weights")
+    if weights is not None:
+        return str(weights)
+    resolved = record["backbone_fingerprint"].get("weights") or record.get("weights_fingerprint")
+    kind = record["backbone_fingerprint"].get("weights_kind")
+    return str(resolved or (f"variant default ({kind})" if kind else "variant default"))
+
+
+# Training curves of a record (`details` keys), logged as one metric with a step per value: the MLflow key, and
+# how a value's index becomes its step: "epoch" (step = epochs done, 1..N), or "iteration" (the values are every
+# `stride`-th iteration of `protocol.iterations`, as OVSS keeps them: step = iterations done).
+CURVES = {"loss_per_epoch": ("train.loss", "epoch"), "train_losses": ("train.loss", "iteration")}
+CURVE_POINTS = 50  # OVSS keeps `losses[::max(1, iterations // 50)]` (tasks/ovss/task.py)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def curve_points(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """Every training curve of the record as (key, value, step)."""
+    details = record.get("details") or {}
+    out: list[tuple[str, float, int]] = []
+    for name, (key, unit) in CURVES.items():
+        values = details.get(name)
+        if not isinstance(values, list):
+            continue
+        stride = 1
+        if unit == "iteration":
+            iterations = _number(record["protocol"].get("iterations"))
+            stride = max(1, int(iterations) // CURVE_POINTS) if iterations else 1
+        for i, value in enumerate(values):
+            number = _number(value)
+            if number is not None:
+                out.append((key, number, i + 1 if unit == "epoch" else i * stride + 1))
+    return out
+
+
+def job_stats(record: dict[str, Any]) -> dict[str, float]:
+    """How the job ran, as metrics: `time.<stage>_s` (the record's timings, and a task's `<stage>_seconds` in
+    its details), `memory.peak_rss_mb` / `memory.cuda_peak_mb`, `count.<counter>`, and
+    `throughput.images_per_s`: images (or crops) the backbone encoded in this job per second of the whole job
+    (head training included, so a lower bound of the backbone's own speed; absent when every feature was cached).
+    """
+    out: dict[str, float] = {}
+    for name, value in (record.get("timings") or {}).items():
+        if (number := _number(value)) is not None:
+            out[f"time.{name}" if name.endswith("_s") else f"time.{name}_s"] = number
+    details = record.get("details") or {}
+    for name, value in details.items():
+        if not name.endswith("_seconds") or (number := _number(value)) is None:
+            continue
+        if name == "train_seconds" and details.get("head_reused"):
+            continue  # the head was loaded: its training time belongs to the job that trained it
+        out[f"time.{name.removesuffix('_seconds')}_s"] = number
+    memory = record.get("memory") or {}
+    for name, key in (("peak_rss_mb", "memory.peak_rss_mb"), ("cuda_peak_allocated_mb", "memory.cuda_peak_mb")):
+        if (number := _number(memory.get(name))) is not None:
+            out[key] = number
+    counters = record.get("counters") or {}
+    for name, value in counters.items():
+        if (number := _number(value)) is not None:
+            out[f"count.{name}"] = number
+    encoded = sum(_number(v) or 0.0 for k, v in counters.items()
+                  if k.endswith("_extracted") or k == "images_recomputed")
+    total = _number((record.get("timings") or {}).get("total_s"))
+    if encoded > 0 and total:
+        out["throughput.images_per_s"] = encoded / total
+    return {metric_key(k): v for k, v in out.items()}
+
+
+def job_metrics(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """Everything a job run shows as MLflow metrics, as (key, value, step): the task's metrics and their item
+    SEs (step 0: these are what the leaderboard reads), `job_stats` (step 0), and the training curves."""
+    head = {**record["metrics"], **item_se_metrics(record)}
+    stats = {k: v for k, v in job_stats(record).items() if k not in head}
+    return ([(k, float(v), 0) for k, v in head.items()] + [(k, v, 0) for k, v in stats.items()]
+            + curve_points(record))
+
+
 def job_params(record: dict[str, Any]) -> dict[str, str]:
-    """The params of a job run (flattened, as strings, as MLflow stores them)."""
-    params = flatten({"backbone": record["backbone"], "protocol": record["protocol"],
+    """The params of a job run (flattened, as strings, as MLflow stores them); `backbone.weights` is readable
+    (`readable_weights`), never `None`."""
+    backbone = {**record["backbone"], "weights": readable_weights(record)}
+    params = flatten({"backbone": backbone, "protocol": record["protocol"],
                       "task": record["task"], "task_version": record["task_version"],
                       "dataset": record["dataset"], "data_fingerprint": record["data_fingerprint"]})
     return {k: str(v)[:500] for k, v in params.items()}

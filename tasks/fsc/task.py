@@ -102,6 +102,9 @@ class FewShotClassification(Task):
     def evaluate(self, backbone: Backbone, dataset: ClassificationDataset, protocol: FSCProtocol,
                  ctx: JobContext) -> Result:
         parts, fewshot = fewshot_parts(dataset, protocol.shots, protocol.seed)
+        # `--limit` cuts val and test; the K-shot train draw (persisted, at most K per class) stays whole, since a
+        # head needs every class.
+        parts = {k: items if k == "train" else ctx.limited(items) for k, items in parts.items()}
         if protocol.head == "linear-probe":
             metrics, details = self._linear_probe(backbone, dataset, parts, protocol, ctx)
         else:

@@ -328,6 +328,8 @@ def load_or_train_head(backbone: Backbone, train_ds, space, protocol: OVSSProtoc
     train_text = class_text(space, train_ds.synonyms(), protocol.templates, head_dtype(backbone))
     head, arch = build_head(backbone, protocol, int(train_text.shape[1]), norm)
     key = head_key(backbone, train_ds, space, protocol, head)
+    if ctx.limit:  # a head trained on the first N images is never reused by a full run
+        key = f"{key}-limit{ctx.limit}"
     path = harness_home() / "heads" / f"{key}.pt"
     info: dict[str, Any] = {"head_key": key, **arch,
                             "trainable_params": sum(p.numel() for p in head.parameters() if p.requires_grad)}
@@ -343,7 +345,7 @@ def load_or_train_head(backbone: Backbone, train_ds, space, protocol: OVSSProtoc
     start = time.perf_counter()
     losses = train_head(head, backbone, train_ds, train_text, protocol, norm, ctx)
     meta = {"train_seconds": round(time.perf_counter() - start, 3), "train_final_loss": losses[-1],
-            "train_losses": losses[:: max(1, len(losses) // 50)], "train_images": len(train_ds.items()),
+            "train_losses": losses[:: max(1, len(losses) // 50)], "train_images": len(ctx.limited(train_ds.items())),
             "logit_scale": float(head.logit_scale.detach())}
     buf = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in head.state_dict().items()}, "meta": meta}, buf)
@@ -359,7 +361,7 @@ def train_head(head, backbone: Backbone, train_ds, text, protocol: OVSSProtocol,
     import torch
     import torch.nn.functional as F
 
-    items = train_ds.items()
+    items = ctx.limited(train_ds.items())
     device = head_device(backbone)
     text = text.to(device)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -436,7 +438,7 @@ def score(head, backbone: Backbone, dataset, text, protocol: OVSSProtocol, norm:
     from tasks.ovss.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(len(dataset.classnames()))
-    items = dataset.items()
+    items = ctx.limited(dataset.items())
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     skipped = 0
 

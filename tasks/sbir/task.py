@@ -111,8 +111,8 @@ class ZeroShotSBIR(Task):
             raise ConfigError(f"task 'sbir' needs an SBIR dataset, got '{dataset.name}'")
         splits = dataset.splits()
         seen, unseen = dataset.seen_classnames(), dataset.unseen_classnames()
-        train = training_items(dataset, protocol.max_train_per_class, protocol.seed)
-        queries, gallery = splits["sketch_zero"], splits["photo_zero"]
+        train = ctx.limited(training_items(dataset, protocol.max_train_per_class, protocol.seed))
+        queries, gallery = ctx.limited(splits["sketch_zero"]), ctx.limited(splits["photo_zero"])
 
         space = text_space(protocol.text_space, dtype=text_precision(backbone))
         templates = protocol.templates or list(dataset.templates)

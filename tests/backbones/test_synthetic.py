@@ -272,5 +272,5 @@ def test_cli_run_names_the_synthetic_row(tmp_path):
     assert record["details"]["uses_neck"] is True
     label = "synthetic:tiny (random init)"
     assert label in proc.stdout
-    assert list(pd.read_csv(tmp_path / "leaderboards" / "synth.csv")["backbone"].unique()) == [label]
+    assert list(pd.read_csv(tmp_path / "home" / "leaderboards" / "synth.csv")["backbone"].unique()) == [label]
     assert list(runs_to_long(runs_from_records("synth"))["backbone"].unique()) == [label]

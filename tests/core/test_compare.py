@@ -161,3 +161,59 @@ def test_a_row_measured_on_other_test_items_fails_whichever_way_it_moved():
     assert same.ok
     unknown = gate_frames(40.0, 40.0)[0].assign(n_items=float("nan"))  # an old CSV: no count, no such check
     assert compare(unknown, gate_frames(40.0, 40.0)[1], tolerance=1.0).ok
+
+
+def test_old_baseline_with_zero_std_reads_like_the_new_csv(tmp_path):
+    """Leaderboards written before issue 19 sorted settings as text (shots=1, 16, 4) and wrote std 0.0000 for one
+    seed; the new ones sort naturally and leave that std blank. Either reads as a baseline for the other."""
+    from harness.leaderboard import build_leaderboard, write_leaderboard
+
+    seeds = {1: (1, 2), 4: (1,), 16: (1, 2)}
+    runs = pd.DataFrame([{"tags.harness.job_key": f"k{k}-{seed}", "tags.harness.primary_metric": "top1",
+                          "metrics.top1": 10.0 + k + seed, "tags.harness.backbone": "resnet",
+                          "tags.harness.variant": "tiny", "tags.harness.weights_kind": "random",
+                          "tags.harness.task": "fsc", "tags.harness.task_version": "2",
+                          "tags.harness.dataset": "mini_coop", "tags.harness.column": f"head=linear-probe,shots={k}",
+                          "params.protocol.seed": str(seed)} for k, ks in seeds.items() for seed in ks])
+    new = write_leaderboard(build_leaderboard("mini", runs), tmp_path / "new", html=False)[1]
+    header, *rows = new.read_text().splitlines()
+    assert [r.split('"')[1] for r in rows] == [f"head=linear-probe,shots={k}" for k in (1, 4, 16)]
+    assert ",top1,15.0000,,1," in rows[1]  # shots=4, one seed: std blank
+    old_rows = sorted(rows, key=lambda line: line.split('"')[1])  # the old writer's text order: 1, 16, 4
+    old_rows = [line.replace(",top1,15.0000,,1,", ",top1,15.0000,0.0000,1,") for line in old_rows]
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join([header, *old_rows]) + "\n")
+    assert ",15.0000,0.0000,1," in old_rows[2]
+    for current, baseline in ((new, old), (old, new)):
+        res = compare(read_leaderboard(str(current)), read_leaderboard(str(baseline)))
+        assert res.ok and res.missing.empty and res.new.empty and res.regressed.empty and res.improved.empty
+        assert len(res.unchanged) == 3 and (res.unchanged["delta"] == 0).all()
+    proc = subprocess.run([sys.executable, "-m", "harness", "compare", str(new), str(old)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_committed_mini_baseline_in_the_old_and_the_new_form(tmp_path):
+    """The committed `leaderboards/mini.csv`'s rows written the old way (text order, std 0.0000 for one seed) and
+    the new way (natural order, blank std): each is a clean baseline for the other."""
+    import csv
+    from pathlib import Path
+
+    from harness.leaderboard import KEYS, sort_long
+
+    committed = Path(__file__).resolve().parents[2] / "leaderboards" / "mini.csv"
+    rows = pd.read_csv(committed, dtype={"task_version": str, "setting": str, "seed_values": str})
+    rows["setting"] = rows["setting"].fillna("")
+    one = rows["n"] == 1
+    assert one.any() and (rows["n"] > 1).any()
+    old = rows.assign(std=rows["std"].where(~one, 0.0)).sort_values(KEYS)
+    new = sort_long(rows.assign(std=rows["std"].where(~one)))
+    old.to_csv(tmp_path / "old.csv", index=False, float_format="%.4f")
+    new.to_csv(tmp_path / "new.csv", index=False, float_format="%.4f")
+    written = list(csv.DictReader((tmp_path / "new.csv").open()))
+    assert {r["std"] for r in written if r["n"] == "1"} == {""}
+    assert {r["std"] for r in csv.DictReader((tmp_path / "old.csv").open()) if r["n"] == "1"} == {"0.0000"}
+    for current, baseline in (("new", "old"), ("old", "new")):
+        res = compare(read_leaderboard(str(tmp_path / f"{current}.csv")),
+                      read_leaderboard(str(tmp_path / f"{baseline}.csv")))
+        assert res.ok and res.missing.empty and res.new.empty and len(res.unchanged) == len(rows)

@@ -48,6 +48,11 @@ def profile_row(config, batch_size: int) -> dict:
             "peak_memory_mb": 12.0, "memory_kind": "cpu_peak_rss_increase"}
 
 
+# `profile` checks every config's weights before measuring; the default variants' pretrained weights are not
+# here, and no backbone is built anyway.
+RANDOM = ("--weights", "random")
+
+
 @pytest.fixture
 def interrupted_profile(monkeypatch):
     """`profile` measures `finished` rows (one child process each, in order), then Ctrl-C arrives."""
@@ -74,7 +79,7 @@ def interrupted_profile(monkeypatch):
 
 def test_ctrl_c_in_profile_keeps_the_rows_measured_and_says_so(isolated_env, capsys, interrupted_profile):
     measured = interrupted_profile(finished=3)  # Ctrl-C while the second backbone's second size is measured
-    code, lines = cli(capsys, "profile", "-b", "resnet,dino", "--batch-sizes", "1,8", "--out-dir", "lb")
+    code, lines = cli(capsys, "profile", "-b", "resnet,dino", "--batch-sizes", "1,8", "--out-dir", "lb", *RANDOM)
     assert code == 130
     assert measured == [("resnet", 1), ("resnet", 8), ("dino", 1)]
     assert "Traceback" not in "\n".join(lines)
@@ -90,7 +95,7 @@ def test_ctrl_c_in_profile_keeps_the_rows_measured_and_says_so(isolated_env, cap
 
 def test_ctrl_c_before_the_first_profile_row_writes_nothing(isolated_env, capsys, interrupted_profile):
     interrupted_profile(finished=0)
-    code, lines = cli(capsys, "profile", "-b", "resnet", "--batch-sizes", "1,8,32", "--out-dir", "lb")
+    code, lines = cli(capsys, "profile", "-b", "resnet", "--batch-sizes", "1,8,32", "--out-dir", "lb", *RANDOM)
     assert code == 130
     assert lines == ["interrupted: 0 of 3 profile row(s) measured, nothing written; rerun the same command to "
                      "finish (it measures every row again; a new row replaces its old one)"]
@@ -100,9 +105,9 @@ def test_ctrl_c_before_the_first_profile_row_writes_nothing(isolated_env, capsys
 def test_ctrl_c_keeps_earlier_profile_rows_of_other_backbones(isolated_env, capsys, interrupted_profile):
     """The rows written at the interrupt merge into profiles.csv like a finished run's: nothing older is lost."""
     interrupted_profile(finished=1)
-    assert cli(capsys, "profile", "-b", "dino", "--batch-sizes", "4", "--out-dir", "lb")[0] == 0  # all it asked
+    assert cli(capsys, "profile", "-b", "dino", "--batch-sizes", "4", "--out-dir", "lb", *RANDOM)[0] == 0  # all of it
     interrupted_profile(finished=1)
-    assert cli(capsys, "profile", "-b", "resnet,dino", "--batch-sizes", "1", "--out-dir", "lb")[0] == 130
+    assert cli(capsys, "profile", "-b", "resnet,dino", "--batch-sizes", "1", "--out-dir", "lb", *RANDOM)[0] == 130
     written = pd.read_csv(isolated_env / "lb" / "profiles.csv")
     assert sorted(zip(written["backbone"], written["batch_size"], strict=True)) == [("dino", 4), ("resnet", 1)]
 

@@ -45,7 +45,7 @@ def test_marks_best_and_ties_in_markdown():
     wide = to_wide(lb.long, lb.marks)
     assert wide.loc["resnet:tiny (random init)", "fsc.v1/mini [shots=1] top1"] == "**51.00 ± 0.82 (n=3)**"
     assert wide.loc["resnet:tiny (random init)", "fsc.v1/mini [shots=4] top1"].endswith("†")
-    md = leaderboard_markdown(lb)
+    md = " ".join(leaderboard_markdown(lb).split())  # the notes wrap at PROSE_WIDTH
     assert "†: not significantly different" in md and "`abc123` (" in md and "fp-resnet-01" in md
     assert "never averaged together" in md and "task fsc v1" in md
 
@@ -98,3 +98,20 @@ def test_empty_runs(empty, tmp_path):
     lb = build_leaderboard("s", empty)
     paths = write_leaderboard(lb, tmp_path)
     assert "No finished runs" in paths[2].read_text() and "_no finished runs_" in paths[0].read_text()
+
+
+def test_html_results_first_provenance_last_and_folded(tmp_path):
+    (tmp_path / "profiles.csv").write_text(
+        "backbone,variant,device,batch_size,latency_per_image_ms,params,peak_memory_mb\n"
+        "resnet,tiny,cpu,8,1.5,4900000,230\nclip,tiny,cpu,8,4.0,3400000,170\n")
+    html = write_leaderboard(build_leaderboard("s", fake_runs()), tmp_path)[2].read_text()
+    at = [html.index(marker) for marker in ("id=summary", "id=task-fsc-v1", "id=task-sbir-v1", "<img",
+                                            "<details class=prov")]
+    assert at == sorted(at)
+    assert "<details class=prov id=provenance><summary>Provenance</summary>" in html
+    assert "<details class=prov id=provenance open" not in html  # folded
+    summary_table = html[html.index("id=summary"):html.index("</table>", html.index("id=summary"))]
+    assert "mean rank" in summary_table and "ms/img" in summary_table and "params M" in summary_table
+    # resnet: fsc (51 + 62) / 2 = 56.5, sbir 30 → ranks 1, 2; clip: (41.33 + 62) / 2 = 51.67, sbir 35 → 2, 1
+    assert summary_table.index("clip:tiny") < summary_table.index("resnet:tiny")  # both mean rank 1.5: by name
+    assert ">56.50<" in summary_table and ">1.50<" in summary_table

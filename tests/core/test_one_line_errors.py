@@ -341,7 +341,7 @@ def test_ctrl_c_says_what_finished_and_how_to_resume(isolated_env, capsys, monke
 def test_an_unexpected_exception_is_one_line_with_a_log_of_the_traceback(isolated_env, capsys, monkeypatch):
     import harness.suites
 
-    def boom(name):
+    def boom(name, *_):  # `run` also passes --limit
         raise RuntimeError("disk on fire\nsecond line [bold]")
 
     monkeypatch.setattr(harness.suites, "load_suite", boom)
@@ -360,7 +360,7 @@ def test_the_traceback_log_falls_back_to_the_temp_folder(isolated_env, capsys, m
     home = isolated_env / "home-is-a-file"
     home.write_text("")
     monkeypatch.setenv("HARNESS_HOME", str(home))
-    monkeypatch.setattr(harness.suites, "load_suite", lambda name: 1 / 0)
+    monkeypatch.setattr(harness.suites, "load_suite", lambda name, *_: 1 / 0)
     code, lines = cli(capsys, "run", "-b", "resnet")
     line = assert_one_line(code, lines, "error: ZeroDivisionError: division by zero (traceback in ")
     log = Path(re.search(r"\(traceback in (.+)\)$", line).group(1))
@@ -372,7 +372,7 @@ def test_a_harness_error_prints_its_message_only_markup_and_all(isolated_env, ca
     import harness.suites
     from harness.errors import ConfigError
 
-    def refuse(name):
+    def refuse(name, *_):
         raise ConfigError("bad value [red]x[/red] in s.yaml")
 
     monkeypatch.setattr(harness.suites, "load_suite", refuse)

@@ -236,7 +236,7 @@ def outcome(folder: Path) -> tuple[list[dict], list[str]]:
     """The run's records, and its leaderboard without the provenance lines that name the minute and the
     commit (others may commit meanwhile)."""
     records = [json.loads(p.read_text()) for p in (folder / "home" / "records").glob("*.json")]
-    board = (folder / "leaderboards" / "prewarm.md").read_text().splitlines()
+    board = (folder / "home" / "leaderboards" / "prewarm.md").read_text().splitlines()
     return records, [line for line in board if not line.startswith(("- compiled:", "- git commit"))]
 
 

@@ -54,12 +54,29 @@ def test_an_unreachable_database_server_goes_offline_within_seconds(monkeypatch,
 
 
 def test_the_leaderboard_command_goes_on_offline_against_an_unreachable_database(monkeypatch, capsys):
+    from record_factory import record
+
+    from harness.records import RecordStore
+
+    RecordStore().write(record("k1", suite="mini"))  # offline, the local records are what it compiles
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:pw@127.0.0.1:{free_port()}/mlflow")
     start = time.monotonic()
     main(["leaderboard", "--suite", "mini", "--out-dir", "lb"])  # returns: exit 0
-    assert time.monotonic() - start < 2 * HANG_GUARD_S  # two trackers (run listing, then the page)
+    # three trackers: the read-only look for the suite's runs, the run listing, then the page
+    assert time.monotonic() - start < 3 * HANG_GUARD_S
     err = capsys.readouterr().err
     assert "Traceback" not in err and "cannot connect to 127.0.0.1" in err and ":pw@" not in err
+
+
+def test_the_leaderboard_of_a_suite_without_records_against_an_unreachable_database_is_one_line(monkeypatch,
+                                                                                                capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:pw@127.0.0.1:{free_port()}/mlflow")
+    with pytest.raises(SystemExit) as exit_:
+        main(["leaderboard", "--suite", "mini", "--out-dir", "lb"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2 and len(errors) == 1, errors
+    assert "no finished runs of suite 'mini' in MLflow postgresql://u:***@" in errors[0]
+    assert "(unreachable: see above)" in errors[0] and ":pw@" not in errors[0]
 
 
 def test_a_server_that_answers_tcp_but_lacks_a_driver_is_named_fast(listener):

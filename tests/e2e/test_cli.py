@@ -78,16 +78,16 @@ def test_mini_suite_end_to_end_resume_and_leaderboard(tmp_path):
     recs = records(tmp_path)
     assert len(recs) == 16  # fsc: 2 heads x 3 shots x 2 seeds; sbir: 2 seeds; ovss: 2 seeds
     assert "16 job(s) ran, 0 skipped" in first.stderr
-    csv1 = pd.read_csv(tmp_path / "leaderboards" / "mini.csv")
-    md1 = without_compile_date((tmp_path / "leaderboards" / "mini.md").read_text())
+    csv1 = pd.read_csv(tmp_path / "home" / "leaderboards" / "mini.csv")
+    md1 = without_compile_date((tmp_path / "home" / "leaderboards" / "mini.md").read_text())
 
     second = harness("run", "--backbone", "resnet", "--suite", "mini", "--seeds", "1,2")
     assert "0 job(s) ran, 16 skipped" in second.stderr
     assert records(tmp_path) == recs  # nothing recomputed or rewritten
 
     again = harness("leaderboard", "--suite", "mini")  # a new process, reading MLflow back
-    assert without_compile_date((tmp_path / "leaderboards" / "mini.md").read_text()) == md1
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "leaderboards" / "mini.csv"), csv1)
+    assert without_compile_date((tmp_path / "home" / "leaderboards" / "mini.md").read_text()) == md1
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "home" / "leaderboards" / "mini.csv"), csv1)
     assert "resnet:tiny (random init)" in again.stdout
 
     # MLflow holds one nested run per job under one parent per invocation, with the record as artifact.

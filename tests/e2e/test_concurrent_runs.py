@@ -25,8 +25,8 @@ def test_concurrent_runs_on_one_store_compute_each_job_once(tmp_path, processes)
         cwd = tmp_path / f"p{i}"
         cwd.mkdir()
         procs.append(subprocess.Popen([sys.executable, "-m", "harness", "run", "-b", "resnet", "--suite", str(suite),
-                                       "--workers", "0"], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                       "--workers", "0", "--out-dir", "leaderboards"], env=env, cwd=cwd,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stderr[-3000:]

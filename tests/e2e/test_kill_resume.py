@@ -19,7 +19,7 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     e2e.run_harness(*args, env=e2e.harness_env(ref_dir / "home", ref_dir / "cache"), cwd=ref_dir)
-    reference = pd.read_csv(ref_dir / "leaderboards" / "killme.csv")
+    reference = pd.read_csv(ref_dir / "home" / "leaderboards" / "killme.csv")
 
     work = tmp_path / "work"
     work.mkdir()
@@ -41,6 +41,6 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
 
     done = e2e.run_harness(*args, env=env, cwd=work)
     assert "job(s) ran" in done.stderr
-    final = pd.read_csv(work / "leaderboards" / "killme.csv")
+    final = pd.read_csv(work / "home" / "leaderboards" / "killme.csv")
     pd.testing.assert_frame_equal(final, reference)
     e2e.assert_resumed_state(home, cache, "killme", N_JOBS)

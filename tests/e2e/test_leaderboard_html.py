@@ -1,4 +1,5 @@
-"""The HTML leaderboard opened in headless Chromium: table rows, chart images, sorting, no console errors.
+"""The HTML leaderboard opened in headless Chromium at 1280 x 900: the summary above the fold, tables, chart
+images, sorting, the provenance folded last, no console errors.
 
 Needs Debian's `chromium` (`/usr/bin/chromium`, or `$CHROMIUM`); skipped with the reason when it is absent.
 """
@@ -9,12 +10,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from harness.leaderboard import build_leaderboard, write_leaderboard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))  # the shared synthetic board
+from leaderboard_factory import realistic_runs, write_profiles  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -28,21 +32,6 @@ def chromium() -> str:
     pytest.skip("headless Chromium not found (install it: apt-get install -y chromium, or set $CHROMIUM)")
 
 
-def fake_runs() -> pd.DataFrame:
-    rows = []
-    for bb, kind, base in (("resnet", "random", 50.0), ("clip", "hub", 40.0), ("dino", "hub", 45.0)):
-        for seed in (1, 2, 3):
-            for shots in (1, 4):
-                rows.append({"tags.harness.job_key": f"{bb}{seed}{shots}", "tags.harness.primary_metric": "top1",
-                             "metrics.top1": base + shots + seed * 0.7, "tags.harness.backbone": bb,
-                             "tags.harness.variant": "tiny", "tags.harness.weights_kind": kind,
-                             "tags.harness.weights_fingerprint": f"fp{bb}", "tags.harness.task": "fsc",
-                             "tags.harness.task_version": "1", "tags.harness.dataset": "mini",
-                             "tags.harness.column": f"shots={shots}", "tags.harness.git_commit": "abc",
-                             "params.protocol.seed": str(seed)})
-    return pd.DataFrame(rows)
-
-
 def run_chromium(binary: str, page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([binary, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
                            "--v=0", "--virtual-time-budget=2000", *extra, page.as_uri()],
@@ -50,50 +39,65 @@ def run_chromium(binary: str, page: Path, tmp_path: Path, *extra: str) -> subpro
 
 
 def test_page_renders_in_headless_chromium(tmp_path):
+    """A realistic board (4 backbones, FSC over 6 settings, OVSS, SBIR, cost profiles) at 1280 x 900: the summary
+    sits above the fold and fits the width, a per-task table sorts on a click, every chart loads, the provenance
+    is folded at the end, and nothing logs to the console."""
     binary = chromium()
     out = tmp_path / "lb"
-    (out / "profiles.csv").parent.mkdir(parents=True)
-    (out / "profiles.csv").write_text("backbone,variant,device,batch_size,latency_per_image_ms\n"
-                                      "resnet,tiny,cpu,8,2.0\nclip,tiny,cpu,8,5.0\ndino,tiny,cpu,8,3.0\n")
-    page = write_leaderboard(build_leaderboard("e2e", fake_runs()), out)[2]
-    # A probe appended to a copy of the page clicks a column heading twice and writes the row order
-    # and the number of loaded chart images into the DOM, which --dump-dom then prints.
+    write_profiles(out)
+    runs = realistic_runs()
+    page = write_leaderboard(build_leaderboard("e2e", runs), out)[2]
+    # A probe appended to a copy of the page clicks the FSC table's first column heading twice, measures the
+    # summary table and the page, and writes what it found into the DOM, which --dump-dom then prints.
     probe = page.with_name("probe.html")
     probe.write_text(page.read_text().replace("</body>", """<script>
-var th = document.querySelectorAll('#leaderboard thead th')[1];
-th.click(); var desc = Array.from(document.querySelectorAll('#leaderboard tbody tr td:first-child'))
-  .map(function(td){ return td.textContent.trim(); });
-th.click(); var asc = Array.from(document.querySelectorAll('#leaderboard tbody tr td:first-child'))
-  .map(function(td){ return td.textContent.trim(); });
+var names = function(id){ return Array.from(document.querySelectorAll('#' + id + ' tbody tr td:first-child'))
+  .map(function(td){ return td.textContent.trim(); }); };
+var th = document.querySelectorAll('#task-fsc-v2 thead th')[1];
+th.click(); var desc = names('task-fsc-v2');
+th.click(); var asc = names('task-fsc-v2');
 window.addEventListener('load', function(){
   var imgs = Array.from(document.querySelectorAll('img.chart'));
   var loaded = imgs.filter(function(i){ return i.complete && i.naturalWidth > 0; }).length;
+  var table = document.getElementById('summary'), box = table.getBoundingClientRect();
+  var prov = document.getElementById('provenance'), last = Array.from(document.querySelectorAll('img.chart')).pop();
   var p = document.createElement('pre'); p.id = 'probe';
-  p.textContent = JSON.stringify({desc: desc, asc: asc, images: imgs.length, loaded: loaded});
+  p.textContent = JSON.stringify({desc: desc, asc: asc, images: imgs.length, loaded: loaded,
+    summary: names('summary'), top: box.top, bottom: box.bottom, right: box.right,
+    wrapScroll: table.parentElement.scrollWidth, wrapClient: table.parentElement.clientWidth,
+    pageWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, innerHeight: window.innerHeight,
+    provOpen: prov.open, provAfterCharts: prov.getBoundingClientRect().top > last.getBoundingClientRect().bottom});
   document.body.appendChild(p);
 });
 </script></body>"""))
-    proc = run_chromium(binary, probe, tmp_path, "--dump-dom")
+    proc = run_chromium(binary, probe, tmp_path, "--window-size=1280,900", "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
-    assert dom.count("<tr>") >= 4 and "resnet:tiny" in dom and "clip:tiny" in dom and "dino:tiny" in dom
-    assert len(re.findall(r"<th[ >]", dom)) >= 3
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
     import html
     import json
 
-    probe_out = json.loads(html.unescape(found.group(1)))
-    assert probe_out["images"] >= 2 and probe_out["loaded"] == probe_out["images"]
-    # fsc shots=1: resnet (50+) > dino (45+) > clip (40+)
-    assert [r.split(" ")[0] for r in probe_out["desc"]] == ["resnet:tiny", "dino:tiny", "clip:tiny"]
-    assert probe_out["asc"] == probe_out["desc"][::-1]
+    got = json.loads(html.unescape(found.group(1)))
+    assert got["innerWidth"] == 1280, got
+    # the summary: above the fold, as wide as the page at most, rows by mean rank (resnet wins every task here)
+    assert 0 < got["top"] < got["bottom"] <= 900 and got["right"] <= 1280, got
+    assert got["wrapScroll"] <= got["wrapClient"] and got["pageWidth"] <= got["innerWidth"], got
+    assert got["summary"][0].startswith("resnet:tiny") and len(got["summary"]) == 4
+    # sorting FSC's first column (head=linear-probe, shots=1), oracle: the runs' own means
+    lp1 = runs[runs["tags.harness.column"] == "head=linear-probe,shots=1"]
+    expected = lp1.groupby("tags.harness.backbone")["metrics.top1"].mean().sort_values(ascending=False)
+    assert [r.split(":")[0] for r in got["desc"]] == list(expected.index)
+    assert got["asc"] == got["desc"][::-1]
+    assert got["images"] >= 4 and got["loaded"] == got["images"]
+    assert got["provOpen"] is False and got["provAfterCharts"] is True
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, "\n".join(console)
-    # The page as written, unprobed: no console errors either, and a screenshot for CI's artifacts.
+    # The page as written, unprobed, at 1280 x 900: no console errors either, and a screenshot for CI's artifacts.
     shot = Path(os.environ.get("HARNESS_SCREENSHOT_DIR", tmp_path)) / "leaderboard.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    proc = run_chromium(binary, page, tmp_path, "--window-size=1400,1800", f"--screenshot={shot}")
+    proc = run_chromium(binary, page, tmp_path, "--window-size=1280,900", "--hide-scrollbars",
+                        f"--screenshot={shot}")
     assert proc.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, "\n".join(console)

@@ -26,7 +26,7 @@ def test_remote_server_outage_and_sync(tmp_path, server):
     logged = mlflow.artifacts.load_dict(f"{one['artifact_uri']}/record.json")  # through the server's proxy
     assert logged == json.loads((records / f"{one['tags.harness.job_key']}.json").read_text())
     assert str(server.root / "artifacts") in str(next((server.root / "artifacts").rglob("record.json")))
-    board = pd.read_csv(tmp_path / "leaderboards" / "small.csv")
+    board = pd.read_csv(tmp_path / "home" / "leaderboards" / "small.csv")
     assert len(board[board["n"] == 1]) >= 1
 
     # The server goes away: the run still finishes, warns, keeps the record and marks it pending.
@@ -54,5 +54,5 @@ def test_remote_server_outage_and_sync(tmp_path, server):
     assert len(finished) == 2 and finished["tags.harness.job_key"].is_unique
     assert sorted(finished["params.protocol.seed"].astype(int)) == [1, 2]
     harness(server.uri, "leaderboard", "--suite", "small")
-    board = pd.read_csv(tmp_path / "leaderboards" / "small.csv")
+    board = pd.read_csv(tmp_path / "home" / "leaderboards" / "small.csv")
     assert (board["n"] == 2).any()  # both seeds averaged in one cell
