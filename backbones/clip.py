@@ -3,7 +3,7 @@
 
 The model is built by open_clip's own factory (`create_model(arch, pretrained=None)`, or
 `open_clip.model.CLIP(**model_cfg)` for a card that carries its own config) and then filled strictly from
-the file that `harness.weights` resolved, so the harness decides where weights come from and fingerprints
+the file that `harness.data.weights` resolved, so the harness decides where weights come from and fingerprints
 them. Preprocessing is open_clip's eval transform for the model (`image_transform_v2` of its
 `preprocess_cfg`): resize the shortest side, center-crop, normalise; a non-square image therefore comes out
 square. `image_features` also takes tensors of other sizes: the positional embedding is resized the way
@@ -43,8 +43,8 @@ from backbones.common import (
 )
 from harness.api import Backbone, Features, FeatureShapes
 from harness.catalog import register_backbone
+from harness.data.weights import ResolvedWeights, load_state_dict, resolve_weights
 from harness.numerics import seeded_init, to_float32
-from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

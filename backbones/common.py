@@ -15,7 +15,7 @@ from harness.errors import ConfigError, HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.api import Backbone
-    from harness.weights import ResolvedWeights
+    from harness.data.weights import ResolvedWeights
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
@@ -120,6 +120,6 @@ def dense_block_indices(depth: int, levels: int = 4) -> list[int]:
 
 def load_strict(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
     """Load a (pre-filtered) state dict strictly; a mismatch is one line of counts and first examples."""
-    from harness.weights import fit_state_dict
+    from harness.data.weights import fit_state_dict
 
     fit_state_dict(model, state, path)

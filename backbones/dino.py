@@ -3,7 +3,7 @@ several depths (dense).
 
 Built, loaded, preprocessed and fingerprinted as every timm backbone (`backbones.timm_backbone`, as
 `backbones.resnet` and the `timm:` family): timm's architecture with `pretrained=False`, filled from the file
-that `harness.weights` resolved. Its dense maps are not the family's last four blocks but blocks evenly spaced
+that `harness.data.weights` resolved. Its dense maps are not the family's last four blocks but blocks evenly spaced
 over the depth through the final norm (DINOv2's `get_intermediate_layers`), the method's protocol.
 Preprocessing is timm's data config for the model (`resolve_model_data_config` + `create_transform`):
 resize, center-crop, normalise, so a non-square image comes out square. The model is built with

@@ -27,9 +27,9 @@ import torch
 
 from backbones.common import check_kinds, compute_context, freeze, torch_dtype, weights_dtype
 from harness.api import Backbone, Features, VariantCard
+from harness.data.weights import ResolvedWeights, resolve_weights
 from harness.errors import HarnessError, WeightsMissingError
 from harness.numerics import seeded_init, to_float32
-from harness.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -67,7 +67,7 @@ def _dense_rule(config) -> str | None:
 class HFBackbone(Backbone):
     """A transformers vision encoder chosen by hub id or folder; `hf_backbone` makes one subclass per source."""
 
-    family = "hf"  # a family member: one variant, the suite's `variant` does not apply (harness.planner)
+    family = "hf"  # a family member: one variant, the suite's `variant` does not apply (harness.plan.planner)
     source: str = ""
     dense_rule: str | None = None
 

@@ -34,8 +34,8 @@ import torch
 from backbones.clip import OPEN_CLIP_FILENAMES, RESNET_STAGES, CLIPBackbone, _weights_config
 from backbones.common import dense_block_indices
 from harness.api import VariantCard
+from harness.data.weights import resolve_weights
 from harness.errors import HarnessError, UnknownNameError
-from harness.weights import resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
@@ -78,7 +78,7 @@ class _LazyTokenizer:
 class OpenClipFamilyBackbone(CLIPBackbone):
     """An open_clip model chosen by name; the factory `open_clip_backbone` makes one subclass per name."""
 
-    family = "open_clip"  # a family member: one variant, the suite's `variant` does not apply (harness.planner)
+    family = "open_clip"  # a family member: one variant, the suite's `variant` does not apply (harness.plan.planner)
 
     def __init__(self, config: BackboneConfig):
         self._check_weights(config)

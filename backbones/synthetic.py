@@ -36,9 +36,9 @@ from backbones.common import (
 )
 from harness.api import Backbone, Features
 from harness.catalog import register_backbone
+from harness.data.weights import ResolvedWeights, resolve_weights
 from harness.errors import ConfigError, HarnessError
 from harness.numerics import seeded_init, to_float32
-from harness.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig

@@ -2,7 +2,7 @@
 preprocessing, the checkpoint load, the dense maps, the single-pass forward and the fingerprint.
 
 The model is always built from timm's architecture with `pretrained=False`, without its classifier
-(`num_classes=0`), seeded, and then filled from the file that `harness.weights` resolved, so the harness (not
+(`num_classes=0`), seeded, and then filled from the file that `harness.data.weights` resolved, so the harness (not
 timm's downloader) decides where weights come from and fingerprints them. Preprocessing is timm's own data
 config for the model (`resolve_model_data_config` + `create_transform`). A checkpoint may carry the
 classifier that `num_classes=0` removed (timm's `pretrained_cfg["classifier"]` names it); any other mismatch is
@@ -31,8 +31,8 @@ from backbones.common import (
     weights_dtype,
 )
 from harness.api import Backbone, Features, FeatureShapes
+from harness.data.weights import ResolvedWeights, load_state_dict, resolve_weights
 from harness.numerics import seeded_init, to_float32
-from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

@@ -24,8 +24,8 @@ import torch
 from backbones.common import timm_weights_data_cfg
 from backbones.timm_backbone import TimmBackbone
 from harness.api import VariantCard
+from harness.data.weights import resolve_weights
 from harness.errors import HarnessError, UnknownNameError
-from harness.weights import resolve_weights
 
 DENSE_LEVELS = 4  # the deepest levels of `forward_intermediates` kept as dense maps
 
@@ -56,7 +56,7 @@ def _default_weights(arch: str, tag: str) -> str:
 class TimmFamilyBackbone(TimmBackbone):
     """A timm model chosen by name; the factory `timm_backbone` makes one subclass per model name."""
 
-    family = "timm"  # a family member: one variant, the suite's `variant` does not apply (harness.planner)
+    family = "timm"  # a family member: one variant, the suite's `variant` does not apply (harness.plan.planner)
 
     def __init__(self, config):
         if not (config.weights or self.card.weights):

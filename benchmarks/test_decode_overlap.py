@@ -28,7 +28,7 @@ decode + preprocess 4.4 ms, store write 2.2 ms (4.3 ms in a separate timing): on
 extra decode processes only add contention.
 
 GPU expectation, on paper, from these numbers: decode + preprocess of a 500×375 JPEG to 224 px costs
-X ≈ 3.5 ms of one core here (less than the ~10 ms `harness.inputs` assumes), so N decode workers sustain
+X ≈ 3.5 ms of one core here (less than the ~10 ms `harness.data.inputs` assumes), so N decode workers sustain
 ≈ N / X ≈ 285·N images/s. A ViT-B/16 at 224 px in bf16 on an H100-class GPU runs ≈ 3,000-5,000 images/s at
 large batch; keeping it busy takes ≈ 11-18 decode workers (cores) at this speed, more than the pipeline's
 default cap of 8 (`MAX_DEFAULT_WORKERS`: ≈ 2,300 images/s, the GPU ≈ 45-75 % busy), so pass `--workers 16`
@@ -82,11 +82,11 @@ def _in_process_shares(data: Path, store: Path, monkeypatch: pytest.MonkeyPatch)
     file and one ledger transaction per entry, into a scratch store)."""
     import torch
 
-    from harness.cache import FeatureCache, forget_ledgers
     from harness.catalog import BACKBONES
     from harness.config import BackboneConfig
-    from harness.planner import open_dataset
-    from harness.weights import file_sha256
+    from harness.data.cache import FeatureCache, forget_ledgers
+    from harness.data.weights import file_sha256
+    from harness.plan.planner import open_dataset
 
     monkeypatch.setenv("HARNESS_DATA", str(data))
     dataset = open_dataset(DATASET, generate=False)

@@ -71,7 +71,7 @@ def _suite(path: Path, head: str) -> Path:
 
 def _run(tmp: Path, data_root: Path, head: str, scale: str) -> dict:
     """One `harness run` of one head at one scale, in its own process, home and empty store."""
-    from harness.cache import cache_info, directory_size, forget_ledgers
+    from harness.data.cache import cache_info, directory_size, forget_ledgers
 
     tag = f"{head}-{scale}"
     home, cache = tmp / f"home-{tag}", tmp / f"cache-{tag}"

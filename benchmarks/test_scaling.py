@@ -47,8 +47,8 @@ def test_cost_is_linear_in_data(benchmark, tmp_path, monkeypatch):
     from harness.api import JobContext
     from harness.catalog import BACKBONES, TASKS
     from harness.config import BackboneConfig
-    from harness.features import global_features
-    from harness.planner import open_dataset
+    from harness.data.features import global_features
+    from harness.plan.planner import open_dataset
 
     backbone = BACKBONES.get("vermouth")(BackboneConfig(name="vermouth", variant="tiny", device="cpu", batch_size=32))
     task = TASKS.get("fsc")()

@@ -64,7 +64,7 @@ def _plain_writes(root, tag: str) -> float:
 
 
 def test_store_put_cost_does_not_grow_with_the_store(benchmark, tmp_path):
-    from harness.cache import FeatureCache
+    from harness.data.cache import FeatureCache
 
     cache = FeatureCache(FP, "global", root=tmp_path / "store", dtype="fp16")
     empty_s = _puts(cache, "aaaa")

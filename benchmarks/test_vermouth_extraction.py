@@ -27,7 +27,7 @@ STAGES = {"L0-L3": ("L0", "L1", "L2", "L3"), "L0-L2": ("L0", "L1", "L2")}
 
 @pytest.fixture(scope="module")
 def images():
-    from harness.planner import open_dataset
+    from harness.plan.planner import open_dataset
 
     ds = open_dataset("mini_coop")
     return [ds.load_image(it) for it in ds.splits()["test"][:: max(1, len(ds.splits()["test"]) // N_IMAGES)][:N_IMAGES]]
@@ -43,7 +43,7 @@ def _harness(stages):
 
 
 def _extract(backbone, batch: torch.Tensor):
-    """What harness.features._extract does per chunk of `batch_size` images (minus the feature cache)."""
+    """What harness.data.features._extract does per chunk of `batch_size` images (minus the feature cache)."""
     out = []
     with torch.inference_mode():
         for start in range(0, batch.shape[0], backbone.batch_size):

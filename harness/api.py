@@ -105,13 +105,13 @@ class Backbone(abc.ABC):
     def fingerprint(self) -> dict[str, Any]:
         """Weights identity + config, for job keys, cache keys and run records."""
 
-    # The weight files a local folder or hub snapshot is searched for, in order (None: harness.weights' default).
+    # The weight files a local folder or hub snapshot is searched for, in order (None: harness.data.weights' default).
     weight_filenames: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def weights_fingerprint(cls, config: BackboneConfig) -> str:
         """The weights identity without building the model (for the planner's job keys)."""
-        from harness.weights import DEFAULT_FILENAMES, resolve_weights
+        from harness.data.weights import DEFAULT_FILENAMES, resolve_weights
 
         card = cls.variants[config.variant or cls.default_variant]
         return resolve_weights(config.weights or card.weights, seed=config.seed,
@@ -158,7 +158,7 @@ class Dataset(abc.ABC):
     folder: ClassVar[str]
     prepare_hint: ClassVar[str] = ""  # how to obtain and lay out the real data (printed when missing)
     embedded: ClassVar[bool] = False  # a `mini` dataset the harness generates itself
-    # Image counts per split as published (the cost of a plan whose data is not prepared yet: harness.cost);
+    # Image counts per split as published (the cost of a plan whose data is not prepared yet: harness.plan.cost);
     # None, or a split left out: not known. Counted from the split files once the data is there.
     published_sizes: ClassVar[dict[str, int] | None] = None
 
@@ -220,7 +220,7 @@ class ClassificationDataset(Dataset):
     def load_image(self, item: ImageItem) -> Image.Image:
         """The item's image as 8-bit RGB (grayscale, palette, CMYK, RGBA and 16-bit converted as the field
         does); an empty, truncated, zero-size or non-image file raises DataMissingError naming it."""
-        from harness.images import open_rgb
+        from harness.data.images import open_rgb
 
         return open_rgb(self.image_path(item), self.name)
 

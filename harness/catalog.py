@@ -38,7 +38,7 @@ BACKBONES.add_family("hf", "backbones.hf_family:hf_backbone",
                      description="any transformers vision encoder by hub id or folder (`hf:facebook/dinov2-small`)",
                      features="global (pooled output, else class token); dense (last hidden state) for patch / "
                               "conv models")
-# `in_all=False`: a load-test stand-in, never part of `--backbone all` (harness.planner.resolve_backbones).
+# `in_all=False`: a load-test stand-in, never part of `--backbone all` (harness.plan.planner.resolve_backbones).
 BACKBONES.add_lazy("synthetic", "backbones.synthetic:SyntheticBackbone", cards="backbones.cards:SYNTHETIC",
                    in_all=False, description="SYNTHETIC (load tests only): the real feature shapes of sd15, "
                                              "ViT-L/14 and ResNet-50 from a cheap seeded function of the image")

@@ -77,7 +77,7 @@ def run(
 ) -> None:
     """Run a suite for one or more backbones, log every job to MLflow, print the leaderboard."""
     from harness.config import RunConfig, parse_ints, parse_overrides, validate
-    from harness.suites import load_suite
+    from harness.plan.suites import load_suite
 
     seed_list = parse_ints("--seeds", seeds) if seeds is not None else None
     cfg = validate(RunConfig, {
@@ -93,12 +93,12 @@ def run(
 def _plan_and_run(spec, cfg, out_dir: Path, shard_spec: str | None, executor_name: str = "local",
                   address: str | None = None) -> None:
     """Plan a suite, stop on missing data (unless skipped), then dry-run or execute the (sharded) jobs."""
-    from harness.executor import make_executor
-    from harness.planner import parse_shard, plan, shard
+    from harness.plan.planner import parse_shard, plan, shard
+    from harness.run.factory import make_executor
 
     _check_inputs(out_dir)
     if not cfg.dry_run:
-        from harness.records import RecordStore
+        from harness.track.records import RecordStore
 
         RecordStore().check_writable()  # a job's record must land: found out now, not after the first job
     executor = make_executor(executor_name, address)  # a bad choice or a missing extra fails before planning
@@ -141,7 +141,7 @@ def sweep(
 ) -> None:
     """Run a grid over backbone feature options (e.g. Vermouth's t x stages) as one suite."""
     from harness.config import RunConfig, parse_ints, parse_overrides, validate
-    from harness.suites import load_suite
+    from harness.plan.suites import load_suite
 
     grid = {}
     for item in param:
@@ -163,7 +163,7 @@ def _resolve_device(spec, cfg, check_here: bool = True):
     `check_here`: the jobs run in this process, so a cuda device this machine lacks is an error now (a Ray
     cluster's workers may have the GPU its driver lacks)."""
     from harness.config import check_device_available
-    from harness.planner import resolve_device
+    from harness.plan.planner import resolve_device
 
     device, why = resolve_device(cfg.device or spec.device)
     if check_here:
@@ -183,8 +183,8 @@ def _out_dir(out_dir: Path | None) -> Path:
 
 def _check_inputs(out_dir: Path | None = None) -> None:
     """Values from the environment and the output folder, checked before any work (one line each)."""
-    from harness.cache import budget_gb
     from harness.config import check_out_dir
+    from harness.data.cache import budget_gb
 
     budget_gb()
     if out_dir is not None:
@@ -194,8 +194,8 @@ def _check_inputs(out_dir: Path | None = None) -> None:
 def _dry_run(the_plan, cfg, out_dir: Path, shard_spec: str | None) -> None:
     """The plan, one table of what is missing (weights and datasets), the cost of what would run; non-zero exit
     only because something is missing."""
-    from harness.cost import estimate, render
-    from harness.planner import parse_shard, shard
+    from harness.plan.cost import estimate, render
+    from harness.plan.planner import parse_shard, shard
 
     jobs = shard(the_plan.jobs, *parse_shard(shard_spec)) if shard_spec else the_plan.jobs
     _print_plan(the_plan, jobs)
@@ -219,8 +219,8 @@ def _dry_run(the_plan, cfg, out_dir: Path, shard_spec: str | None) -> None:
 
 
 def _print_plan(the_plan, jobs=None) -> None:
-    from harness.planner import WEIGHTS_MISSING
-    from harness.records import RecordStore
+    from harness.plan.planner import WEIGHTS_MISSING
+    from harness.track.records import RecordStore
 
     jobs = the_plan.jobs if jobs is None else jobs
     store = RecordStore()
@@ -239,7 +239,7 @@ def _print_plan(the_plan, jobs=None) -> None:
 
 def _execute(suite: str, cfg, jobs, out_dir: Path, executor, where: dict) -> None:
     """Run the jobs on `executor` (`where`: how it was chosen, logged with the invocation's params)."""
-    from harness.tracking import Tracker
+    from harness.track.tracking import Tracker
 
     try:
         executor.preflight(jobs)  # bad or missing files stop the run before MLflow or any model starts
@@ -259,7 +259,7 @@ def _execute(suite: str, cfg, jobs, out_dir: Path, executor, where: dict) -> Non
 
 def _interrupted(jobs) -> NoReturn:
     """Ctrl-C: say how much is done (a finished job's record is kept) and how to go on; exit 130 (SIGINT)."""
-    from harness.records import RecordStore
+    from harness.track.records import RecordStore
 
     store, keys = RecordStore(), {job.key for job in jobs}
     done = sum(1 for key in keys if store.exists(key))
@@ -271,11 +271,10 @@ def _interrupted(jobs) -> NoReturn:
 def _print_leaderboard(suite: str, out_dir: Path) -> list[Path]:
     """Print the short form (summary, then each task's primary-metric table; no line over 160 characters, plain
     text never wraps); every metric and the provenance are in the files written, which it returns."""
-    from harness.leaderboard import build_leaderboard, printed_leaderboard, read_profiles, write_leaderboard
-    from harness.tracking import Tracker
+    from harness.report.leaderboard import printed_leaderboard, read_profiles
+    from harness.report.publish import publish
 
-    lb = build_leaderboard(suite, Tracker(suite).job_runs())
-    written = write_leaderboard(lb, out_dir)
+    lb, written = publish(suite, out_dir)
     print(printed_leaderboard(lb, read_profiles(out_dir)))
     err.print("written: " + ", ".join(str(p) for p in written))
     return written
@@ -289,48 +288,9 @@ def leaderboard(
     """Compile the suite's leaderboard from MLflow runs; write Markdown, CSV and HTML; print it."""
     out_dir = _out_dir(out_dir)
     _check_inputs(out_dir)
-    _print_leaderboard(_suite_with_runs(suite), out_dir)
+    from harness.report.publish import suite_with_runs
 
-
-def _suite_with_runs(suite: str) -> str:
-    """The suite `harness leaderboard` compiles, looked up read-only first (no MLflow store, experiment or file is
-    made): a name that is no suite and has no runs (a typo) is an unknown name with close matches, and a suite
-    without a finished run says how to make one, rather than an empty leaderboard."""
-    from harness.errors import UnknownNameError
-    from harness.records import RecordStore
-    from harness.suites import builtin_suites, load_suite
-    from harness.tracking import Tracker, experiment_name, shown_uri, sqlite_path, tracking_uri
-
-    try:
-        name, known = load_suite(suite).name, True  # a built-in, `<suite>@limitN`, or a suite file (its name)
-    except UnknownNameError:
-        name, known = suite, False  # a sweep's or another file's suite is known by its runs
-    uri = tracking_uri()
-    db = sqlite_path(uri)
-    # A SQLite store not made yet holds no runs, and is not made here; one a file blocks is named by the Tracker.
-    blocked = db is not None and any(p.exists() and not p.is_dir() for p in (db.parent, *db.parent.parents))
-    tracker = Tracker(name, create=False) if db is None or db.exists() or blocked else None
-    if tracker is not None and (tracker.experiment_id is not None or tracker.offline):
-        if len(tracker.job_runs()):  # offline, the leaderboard (and this count) reads the local records
-            return name
-    mlflow = f"MLflow {shown_uri(uri)}" + (" (unreachable: see above)" if tracker is not None and tracker.offline
-                                           else "")
-    store = RecordStore()
-    if (records := store.records(name)) and not (tracker is not None and tracker.offline):
-        raise HarnessError(f"no finished runs of suite '{name}' in {mlflow}, but {len(records)} run record(s) under "
-                           f"{store.root} wait for upload: run `harness sync --suite {name}` first")
-    if known:
-        raise HarnessError(f"no finished runs of suite '{name}' in {mlflow} or under {store.root}; "
-                           f"run `harness run --suite {suite} --backbone NAME` first")
-    names = {*builtin_suites(), *(record["suite"] for record in store.records())}
-    if tracker is not None and tracker.client is not None and not tracker.offline:
-        try:
-            prefix = experiment_name("")
-            names |= {e.name.removeprefix(prefix) for e in tracker.client.search_experiments()
-                      if e.name.startswith(prefix)}
-        except Exception:  # noqa: BLE001 (close matches for a message; never a reason to fail)
-            pass
-    raise UnknownNameError("suite", suite, names)
+    _print_leaderboard(suite_with_runs(suite), out_dir)
 
 
 @app.command("profile")
@@ -349,34 +309,21 @@ def profile_cmd(
         help="where profiles.{csv,md} are written [default: $HARNESS_HOME/leaderboards]")] = None,
 ) -> None:
     """Latency, images/s, peak memory, params and FLOPs per backbone and batch size → MLflow + profiles.md."""
-    from harness.catalog import BACKBONES
-    from harness.config import MAX_BATCH_SIZE, BackboneConfig, check_device_available, parse_ints, validate
-    from harness.errors import UnknownNameError
-    from harness.planner import resolve_backbones, resolve_device
-    from harness.profiler import profile_rows
-    from harness.tracking import Tracker
+    from harness.config import MAX_BATCH_SIZE, parse_ints
+    from harness.report.profiles import write_profiles
+    from harness.run.profiler import profile_configs, profile_rows
+    from harness.track.tracking import Tracker
 
     sizes = parse_ints("--batch-sizes", batch_sizes, minimum=1, maximum=MAX_BATCH_SIZE)
     out_dir = _out_dir(out_dir)
     _check_inputs(out_dir)
-    configs = []
-    for name in resolve_backbones(_split_csv(backbone)):  # every input checked before the first measurement
-        cls = BACKBONES.get(name)
-        if variant is not None and variant not in cls.variants:
-            raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
-        configs.append(validate(BackboneConfig, {"name": name, "variant": variant or cls.default_variant,
-                                                 "weights": weights, "device": device, "dtype": dtype}, "profile"))
-    device, why = resolve_device(device)
-    check_device_available(device)
-    for cfg in configs:  # absent weights: one line naming them now, not a failed child per batch size
-        BACKBONES.get(cfg.name).weights_fingerprint(cfg)
+    configs, why = profile_configs(_split_csv(backbone), variant, weights, device, dtype)
     if why:
         err.print(why, highlight=False, markup=False)
     tracker = Tracker("profiles", experiment="profiles")
     rows, failed = [], []
     try:
         for cfg in configs:
-            cfg = cfg.model_copy(update={"device": device})
             name, var = cfg.name, cfg.variant
             for row in profile_rows(cfg, sizes, warmup=warmup, repeats=repeats):
                 label = f"{name}:{var} bs={row['batch_size']}: "
@@ -391,29 +338,21 @@ def profile_cmd(
     except KeyboardInterrupt:
         _profile_interrupted(rows, len(configs) * len(sizes), out_dir, suite)
     if rows:
-        print(_write_profiles(rows, out_dir, suite))
+        print(write_profiles(rows, out_dir, suite))
     if failed:
         kept = f"the {len(rows)} measured are written to {out_dir / 'profiles.csv'}" if rows else "nothing written"
         raise HarnessError(f"{len(failed)} of {len(failed) + len(rows)} profile row(s) failed ({kept}); first: "
                            f"{failed[0]}")
 
 
-def _write_profiles(rows: list[dict], out_dir: Path, suite: str) -> str:
-    """Merge `rows` into `<out_dir>/profiles.csv`, write `profiles.md` (joined with the suite's accuracy); its text."""
-    from harness.profiles import accuracy_by_backbone, render_profiles, update_profiles
-
-    table = update_profiles(rows, out_dir)
-    text = render_profiles(table, accuracy_by_backbone(out_dir / f"{suite}.csv"), suite)
-    (out_dir / "profiles.md").write_text(text)
-    return text
-
-
 def _profile_interrupted(rows: list[dict], total: int, out_dir: Path, suite: str) -> NoReturn:
     """Ctrl-C in `profile`: the rows measured so far (each already logged to MLflow) are written to profiles.csv
     and .md as a finished run would, said in one line with how to go on; exit 130 (SIGINT)."""
+    from harness.report.profiles import write_profiles
+
     kept = "nothing written"
     if rows:
-        _write_profiles(rows, out_dir, suite)
+        write_profiles(rows, out_dir, suite)
         kept = f"logged to MLflow and written to {out_dir / 'profiles.csv'}"
     err.print(f"interrupted: {len(rows)} of {total} profile row(s) measured, {kept}; rerun the same command to "
               "finish (it measures every row again; a new row replaces its old one)", highlight=False, soft_wrap=True)
@@ -430,7 +369,7 @@ def compare_cmd(
     """Exit non-zero when a row of CURRENT dropped beyond max(tolerance, z·noise) against BASELINE, or was lost."""
     import pandas as pd
 
-    from harness.compare import compare, read_leaderboard
+    from harness.report.compare import compare, read_leaderboard
 
     result = compare(read_leaderboard(current), read_leaderboard(baseline), tolerance, z)
     for title, frame in (("regressed", result.regressed), ("missing", result.missing),
@@ -481,7 +420,7 @@ def list_(what: Annotated[str, typer.Argument(help="backbones | tasks | datasets
         for e in DATASETS.entries():
             table.add_row(e.name, e.meta.get("task") or _plugin_attr(DATASETS, e, "task_family"), e.source)
     elif what == "suites":
-        from harness.suites import builtin_suites, load_suite
+        from harness.plan.suites import builtin_suites, load_suite
 
         for col in ("name", "tasks x datasets", "description"):
             table.add_column(col)
@@ -537,7 +476,7 @@ def data_verify(
         "--workers", min=0, help="with --deep: decoding processes (default: CPUs - 1, at most 8; 0 = inline)")] = None,
 ) -> None:
     """Check that a prepared dataset's listed files exist (the first missing one is named); --deep decodes them."""
-    from harness.planner import open_dataset
+    from harness.plan.planner import open_dataset
 
     if workers is not None and not deep:
         raise HarnessError("--workers goes with --deep")
@@ -546,7 +485,7 @@ def data_verify(
         ds.verify()
         out.print(f"ok: {name} at {ds.root} (fingerprint {ds.fingerprint()[:16]})", markup=False)
         return
-    from harness.verify import deep_verify
+    from harness.data.verify import deep_verify
 
     report = deep_verify(ds, workers)
     if report.ok:
@@ -575,7 +514,7 @@ def data_prepare(
 ) -> None:
     """Generate an embedded dataset, unpack downloaded archives into place, or print the steps to prepare one."""
     from harness.errors import DataMissingError
-    from harness.planner import open_dataset
+    from harness.plan.planner import open_dataset
 
     if into is not None and not archive:
         raise HarnessError("--into goes with --archive")
@@ -590,7 +529,7 @@ def data_prepare(
         return
     if ds.embedded:
         raise HarnessError(f"dataset '{name}' is generated by the harness: nothing to unpack")
-    from harness.archives import unpack_for_dataset
+    from harness.data.archives import unpack_for_dataset
 
     for path in archive:
         dest, n = unpack_for_dataset(ds.folder, ds.root, path, into, max_unpacked_gb)
@@ -606,7 +545,7 @@ def data_prepare(
 @cache_app.command("info")
 def cache_info_cmd() -> None:
     """Namespaces (backbone fingerprint x feature kind), entries and size."""
-    from harness.cache import budget_bytes, cache_info
+    from harness.data.cache import budget_bytes, cache_info
     from harness.paths import cache_root
 
     _check_inputs()
@@ -630,7 +569,7 @@ def cache_clear_cmd(
         "--yes", "-y", help="delete without asking (required when stdin is not a terminal)")] = False,
 ) -> None:
     """Delete cached features (every namespace, or one backbone's), after saying how many and asking."""
-    from harness.cache import cache_info, cache_selection, clear_cache
+    from harness.data.cache import cache_info, cache_selection, clear_cache
     from harness.paths import cache_root
 
     root = cache_root() / "features"
@@ -690,7 +629,7 @@ def extract_cmd(
 ) -> None:
     """Prewarm the feature cache for one dataset with data-parallel workers; a later `run` reads only hits."""
     from harness.config import check_device_available, parse_overrides
-    from harness.parallel_extract import backbone_configs, extract_dataset, suite_for_dataset
+    from harness.run.parallel_extract import backbone_configs, extract_dataset, suite_for_dataset
 
     _check_inputs()
     suite_name = suite or suite_for_dataset(dataset)
@@ -727,7 +666,7 @@ def extract_cmd(
 def _ray_with_gpu(address: str | None):
     """Ray, connected for a CUDA extraction and checked to have a GPU: a cluster without one would leave every
     task waiting for it forever. Stays connected for `extract_dataset` (which then neither connects nor stops it)."""
-    from harness.ray_support import init_ray, require_cluster_gpu
+    from harness.run.ray_support import init_ray, require_cluster_gpu
 
     ray = init_ray(address)
     try:
@@ -740,7 +679,7 @@ def _ray_with_gpu(address: str | None):
 
 def _cache_entries() -> int | None:
     """Entries in the feature cache (from its ledger); None when it cannot be read (then nothing is counted)."""
-    from harness.cache import cache_info
+    from harness.data.cache import cache_info
 
     try:
         return sum(row["entries"] for row in cache_info())
@@ -764,7 +703,7 @@ def _extract_interrupted(dataset: str, done: int, total: int, entries_before: in
 def version() -> None:
     """Print the harness version and the source commit."""
     from harness import __version__
-    from harness.records import git_commit
+    from harness.track.records import git_commit
 
     out.print(f"harness {__version__} ({git_commit()})")
 
@@ -837,12 +776,12 @@ def sync_cmd(
     suite: Annotated[str, typer.Option(help="suite name")] = "mini",
 ) -> None:
     """Upload run records that are not in MLflow yet (the tracker was unreachable); skips jobs already logged."""
-    from harness.sync import sync_suite
+    from harness.track.sync import sync_suite
 
     summary = sync_suite(suite)
     err.print(f"{len(summary.uploaded)} record(s) uploaded to MLflow, {len(summary.already)} already there")
     if summary.unreadable:
-        from harness.records import unreadable_note
-        from harness.tracking import warn
+        from harness.track.records import unreadable_note
+        from harness.track.tracking import warn
 
         warn(unreadable_note(summary.unreadable))

@@ -67,7 +67,7 @@ class BackboneConfig(StrictModel):
     weights: str | None = None  # hub id, local file/folder, or "random"; None = the variant's default
     device: str = "cpu"
     dtype: Dtype = "fp32"
-    # What heads see and the feature store keeps: features rounded to this dtype (harness.cache).
+    # What heads see and the feature store keeps: features rounded to this dtype (harness.data.cache).
     feature_dtype: FeatureDtype = "fp16"
     batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds random-init weights

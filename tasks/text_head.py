@@ -19,7 +19,7 @@ from torch import nn
 from harness.numerics import seeded_init
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
-# A tensor, a dense dict, or a `harness.features.FeatureSet` (read mini-batch by mini-batch, never whole).
+# A tensor, a dense dict, or a `harness.data.features.FeatureSet` (read mini-batch by mini-batch, never whole).
 Source = Any
 
 

@@ -34,11 +34,11 @@ from backbones.vermouth.prompts import BlipCaptioner, PromptSource, TextEncoder
 from backbones.vermouth.shapes import feature_shapes as vermouth_shapes
 from backbones.vermouth.uhead import DenseUHead, UHead
 from harness.api import Backbone, Features, FeatureShapes
-from harness.cache import FeatureCache
 from harness.catalog import register_backbone
+from harness.data.cache import FeatureCache
+from harness.data.weights import ResolvedWeights, resolve_weights
 from harness.numerics import seeded_init, to_float32
 from harness.paths import cache_root
-from harness.weights import ResolvedWeights, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig

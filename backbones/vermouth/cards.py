@@ -14,7 +14,7 @@ from harness.api import VariantCard
 
 LEVELS = ("L0", "L1", "L2", "L3")
 # The maintained copy of the SD 1.5 release (runwayml's repo left the hub in 2024; its id is an alias, see
-# harness.weights.HUB_ALIASES), pinned to a commit so the weights never change under a job key.
+# harness.data.weights.HUB_ALIASES), pinned to a commit so the weights never change under a job key.
 SD15_WEIGHTS = "stable-diffusion-v1-5/stable-diffusion-v1-5@451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
 
 # What both variants share: the method's FSC feature setting (t=200, DDPM noise, mid+up levels) with the

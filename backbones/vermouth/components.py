@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from backbones.vermouth.configs import BLIP_CHARS, BLIP_WORDS, COMPONENT_CONFIGS
+from harness.data.weights import ResolvedWeights, resolve_model_folder
 from harness.errors import HarnessError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.numerics import seeded_init
-from harness.weights import ResolvedWeights, resolve_model_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

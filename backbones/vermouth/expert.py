@@ -22,9 +22,9 @@ from torch import nn
 
 from backbones.common import freeze
 from backbones.vermouth.options import ExpertSpec
+from harness.data.weights import ResolvedWeights, load_state_dict, resolve_weights
 from harness.errors import HarnessError
 from harness.numerics import seeded_init
-from harness.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 # Dense key → (timm intermediate index, level it joins), per expert kind.
 EXPERT_TAPS: dict[str, dict[str, tuple[int, str]]] = {

@@ -41,7 +41,8 @@ class FewShotDataset(ClassificationDataset):
     coop_templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
     method_key: ClassVar[str | None] = None  # the key in templates.json; None: the dataset's name
     # Published split sizes and class count (protocols.md §A.1, CoOp Table 1): the cost of a plan whose data is
-    # not prepared yet (harness.cost). No "val" entry: no val split, the few-shot val is drawn from train (ImageNet).
+    # not prepared yet (harness.plan.cost). No "val" entry: no val split, the few-shot val is drawn from train
+    # (ImageNet).
     n_classes: ClassVar[int | None] = None
 
     def __init__(self, root: Path):

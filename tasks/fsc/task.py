@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from harness.api import Backbone, ClassificationDataset, ImageItem, ItemSE, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
 from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_ITERATIONS, MAX_SEED
-from harness.features import FeatureSet
+from harness.data.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from harness.paths import harness_home
 from tasks.fsc.linear_probe import probe_parts
@@ -140,7 +140,7 @@ class FewShotClassification(Task):
     def _text_classifier(backbone, dataset, parts, protocol, ctx) -> tuple[dict, dict]:
         import torch
 
-        from harness.text_space import text_space
+        from harness.data.text_space import text_space
         from tasks.text_head import TrainSettings, predict, train_text_classifier
 
         space = text_space(protocol.text_space, dtype=text_precision(backbone))

@@ -51,7 +51,7 @@ class SegmentationDataset(Dataset):
     n_classes: ClassVar[int | None] = None  # the vocabulary's expected length, checked when read
     shift_labels: ClassVar[bool] = False  # raw ADE-150 maps: 0 = "other", 1..150 → uint8 (x - 1), 0 wraps to 255
     drop_all_ignore: ClassVar[bool] = False  # VOC-20: images whose label is entirely ignore are not scored
-    # Images of the set (harness.cost, before the data is there); one split per reader, named by its role.
+    # Images of the set (harness.plan.cost, before the data is there); one split per reader, named by its role.
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -127,7 +127,7 @@ class SegmentationDataset(Dataset):
         return list(self._items)
 
     def load_image(self, item: SegItem) -> Image.Image:
-        from harness.images import open_rgb
+        from harness.data.images import open_rgb
 
         return open_rgb(item.image, self.name)
 

@@ -19,9 +19,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.api import Backbone, JobContext, Result, StrictModel, Task
-from harness.cache import payload_bytes, worth_storing, write_cache_file
 from harness.catalog import register_task
 from harness.config import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_SEED
+from harness.data.cache import payload_bytes, worth_storing, write_cache_file
 from harness.errors import ConfigError, HarnessError
 from harness.io import canonical_json, sha256_text
 from harness.numerics import head_dtype, seeded_init, text_precision
@@ -220,8 +220,8 @@ class OpenVocabSegmentation(Task):
     def evaluate(self, backbone: Backbone, dataset, protocol: OVSSProtocol, ctx: JobContext) -> Result:
         import torch
 
-        from harness.planner import open_dataset
-        from harness.text_space import text_space
+        from harness.data.text_space import text_space
+        from harness.plan.planner import open_dataset
         from tasks.ovss.datasets import SegmentationDataset
 
         if not isinstance(dataset, SegmentationDataset):
@@ -261,12 +261,12 @@ def dense_of(backbone: Backbone, x, device=None, ctx: JobContext | None = None, 
     Crops and windows are not files, so they go through the persistent feature cache by the content of the
     input tensor: a view seen in any earlier run (another seed, another test set) is read back, the rest
     run through the backbone in one batch and stored when `store` (the caller decides whether its views are
-    worth storing, `harness.cache.worth_storing`). Maps come back in the store dtype, as stored ones would.
+    worth storing, `harness.data.cache.worth_storing`). Maps come back in the store dtype, as stored ones would.
     Counted as `<counter>_extracted` / `<counter>_cached`.
     """
     import torch
 
-    from harness.cache import FeatureCache, tensor_key
+    from harness.data.cache import FeatureCache, tensor_key
 
     cache = FeatureCache(backbone.fingerprint(), "dense:input", dtype=getattr(backbone.config, "feature_dtype", "fp32"))
 

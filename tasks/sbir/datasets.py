@@ -51,7 +51,7 @@ class SBIRDataset(ClassificationDataset):
     photo_list: ClassVar[str]
     unseen_classes: ClassVar[tuple[str, ...]]  # the published unseen class list (protocols.md §B.1)
     published_counts: ClassVar[tuple[int, int] | None] = None  # (query sketches, gallery photos) in the _zero lists
-    # Images per list (harness.cost, before the data is there): the _zero lists as counted above; a train list
+    # Images per list (harness.plan.cost, before the data is there): the _zero lists as counted above; a train list
     # only where protocols.md gives its length (left out: unknown).
     templates: ClassVar[tuple[str, ...]] = ("a photo of a {}.",)
 

@@ -19,8 +19,8 @@ from pydantic import Field, field_validator
 from harness.api import Backbone, ImageItem, JobContext, Result, StrictModel, Task
 from harness.catalog import register_task
 from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
+from harness.data.features import FeatureSet
 from harness.errors import ConfigError, HarnessError
-from harness.features import FeatureSet
 from harness.numerics import head_dtype, text_precision
 from tasks.sbir.datasets import SBIRDataset, normalise_name
 from tasks.sbir.grid import pick_queries, render_grid
@@ -104,7 +104,7 @@ class ZeroShotSBIR(Task):
     def evaluate(self, backbone: Backbone, dataset: SBIRDataset, protocol: SBIRProtocol, ctx: JobContext) -> Result:
         import torch
 
-        from harness.text_space import text_space
+        from harness.data.text_space import text_space
         from tasks.text_head import TrainSettings, in_batches, train_text_classifier
 
         if not isinstance(dataset, SBIRDataset):

@@ -25,8 +25,8 @@ from transformers import (
 from harness.catalog import BACKBONES
 from harness.config import RunConfig
 from harness.errors import ConfigError, WeightsMissingError
-from harness.planner import plan
-from harness.suites import load_suite
+from harness.plan.planner import plan
+from harness.plan.suites import load_suite
 
 
 def tiny_dinov2(folder: Path) -> Dinov2Model:

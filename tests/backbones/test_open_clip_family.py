@@ -20,8 +20,8 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from harness.catalog import BACKBONES
 from harness.config import RunConfig
 from harness.errors import HarnessError, UnknownNameError
-from harness.planner import plan
-from harness.suites import load_suite
+from harness.plan.planner import plan
+from harness.plan.suites import load_suite
 
 # A small open_clip config (open_clip's model_configs/*.json format): 64 px ViT, 2 blocks; 1-block text tower
 # with CLIP's BPE vocabulary, so the stock tokenizer fits. Run under a registered base arch name (ViT-S-32): the
@@ -149,8 +149,8 @@ def test_a_missing_hub_copy_is_one_line_with_the_download_command(tmp_path):
 
 
 def test_a_family_members_text_tower_is_named_whole_in_a_text_space():
+    from harness.data.text_space import parse_text_space
     from harness.errors import ConfigError
-    from harness.text_space import parse_text_space
 
     assert parse_text_space("clip:vit-l-14") == ("clip", "vit-l-14")
     assert parse_text_space("open_clip:ViT-B-32/openai") == ("open_clip:ViT-B-32/openai", "default")

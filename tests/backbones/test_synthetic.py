@@ -66,7 +66,7 @@ def test_registered_lazily_marked_synthetic_and_out_of_all_as_data():
 
 
 def test_all_excludes_it_an_explicit_name_includes_it():
-    from harness.planner import resolve_backbones
+    from harness.plan.planner import resolve_backbones
 
     everything = resolve_backbones(["all"])
     assert "synthetic" not in everything and {"resnet", "clip", "dino", "vermouth"} <= set(everything)
@@ -75,7 +75,7 @@ def test_all_excludes_it_an_explicit_name_includes_it():
 
 
 def test_resolving_all_imports_no_backbone_module():
-    probe = ("import sys; from harness.planner import resolve_backbones; names = resolve_backbones(['all']); "
+    probe = ("import sys; from harness.plan.planner import resolve_backbones; names = resolve_backbones(['all']); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'backbones')), 'synthetic' in names)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] False"
@@ -210,7 +210,7 @@ def test_neck_trains_on_a_dense_batch_and_is_seeded(variant):
 # -- weights, fingerprint, dtypes -----------------------------------------------------------------------------
 
 def test_fingerprint_is_marked_synthetic_and_follows_variant_and_seed():
-    from harness.weights import resolve_weights
+    from harness.data.weights import resolve_weights
 
     cls = BACKBONES.get("synthetic")
     fps = {(v, s): build(v, seed=s).fingerprint() for v in ("tiny", "sd15-256") for s in (0, 1)}
@@ -254,8 +254,8 @@ def test_cli_run_names_the_synthetic_row(tmp_path):
     name `synthetic:tiny`."""
     import pandas as pd
 
-    from harness.leaderboard import runs_to_long
-    from harness.tracking import runs_from_records
+    from harness.report.leaderboard import runs_to_long
+    from harness.track.tracking import runs_from_records
 
     suite = tmp_path / "synth.yaml"
     suite.write_text(yaml.safe_dump({

@@ -14,8 +14,8 @@ from backbone_helpers import backbone_cfg, fsc_slice, harness_cli, random_images
 from harness.catalog import BACKBONES
 from harness.config import RunConfig
 from harness.errors import ConfigError, UnknownNameError
-from harness.planner import plan
-from harness.suites import load_suite
+from harness.plan.planner import plan
+from harness.plan.suites import load_suite
 
 
 def tiny_convnext_folder(folder: Path) -> tuple[torch.nn.Module, Path]:

@@ -20,8 +20,8 @@ from backbones.cards import CLIP, DINO, RESNET
 from backbones.vermouth.backbone import VermouthBackbone
 from backbones.vermouth.cards import SD15_WEIGHTS, VERMOUTH
 from backbones.vermouth.components import SD_REQUIRED
-from harness import weights
 from harness.config import BackboneConfig
+from harness.data import weights
 from harness.errors import WeightsMissingError
 
 OLD = "runwayml/stable-diffusion-v1-5"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from harness.data.weights import load_state_dict, resolve_weights
 from harness.errors import WeightsError, WeightsMissingError
-from harness.weights import load_state_dict, resolve_weights
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

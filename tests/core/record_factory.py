@@ -1,4 +1,4 @@
-"""A whole run record for the tests of records, tracking and sync (the keys `harness.records` validates)."""
+"""A whole run record for the tests of records, tracking and sync (the keys `harness.track.records` validates)."""
 
 from __future__ import annotations
 

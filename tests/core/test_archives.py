@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from harness import archives
-from harness.archives import (
+from harness.cli import app
+from harness.data import archives
+from harness.data.archives import (
     ArchiveTooLargeError,
     Member,
     UnsafeArchiveError,
@@ -27,7 +28,6 @@ from harness.archives import (
     unpack,
     unpack_for_dataset,
 )
-from harness.cli import app
 from harness.errors import HarnessError
 
 

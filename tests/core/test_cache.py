@@ -1,6 +1,6 @@
 import torch
 
-from harness.cache import FeatureCache, cache_info, clear_cache, tensor_key
+from harness.data.cache import FeatureCache, cache_info, clear_cache, tensor_key
 
 FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0,init=v2)"}
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from harness.cache import FeatureCache, write_cache_file
+from harness.data.cache import FeatureCache, write_cache_file
 
 FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0,init=v2)"}
 
@@ -25,12 +25,12 @@ def test_a_folder_where_an_entry_belongs_is_replaced_by_the_entry():
 
 
 def test_a_store_that_cannot_write_its_namespace_streams_and_warns_once(monkeypatch, capsys):
-    import harness.cache
+    import harness.data.cache
 
     def full(path, data, durable=True):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(harness.cache, "atomic_write_bytes", full)
+    monkeypatch.setattr(harness.data.cache, "atomic_write_bytes", full)
     caches = [FeatureCache(FP, "global"), FeatureCache(FP, "dense")]
     assert not any(c.writable for c in caches)
     assert not caches[0].put("cd" * 32, torch.ones(4)) and caches[0].stats.streamed == 1

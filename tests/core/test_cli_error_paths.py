@@ -80,7 +80,7 @@ def test_cuda_on_a_machine_without_it_is_one_line_on_every_command(isolated_env,
 
 
 def _mini_suite_text() -> str:
-    from harness.suites import builtin_suites
+    from harness.plan.suites import builtin_suites
 
     text = builtin_suites()["mini"].read_text()
     assert "device: cpu" in text
@@ -108,10 +108,10 @@ class _RayWithoutGpus:
 
 
 def test_cuda_extraction_on_a_ray_cluster_without_gpus_is_one_line_not_a_hang(isolated_env, capsys, monkeypatch):
-    import harness.ray_support
+    import harness.run.ray_support
 
     fake = _RayWithoutGpus()
-    monkeypatch.setattr(harness.ray_support, "init_ray", lambda address=None, num_cpus=None: fake)
+    monkeypatch.setattr(harness.run.ray_support, "init_ray", lambda address=None, num_cpus=None: fake)
     code, lines, _ = cli(capsys, "extract", "-b", "resnet", "--variant", "tiny", "--dataset", "mini_coop",
                          "--device", "cuda", "--executor", "ray")
     one_error_line(code, lines, "need a GPU, and the Ray cluster has none", "--device cpu")
@@ -136,13 +136,13 @@ def test_ray_missing_names_the_extra_with_its_brackets(isolated_env, capsys, mon
     "[red]",
 ])
 def test_an_error_message_is_printed_verbatim_whatever_brackets_it_holds(isolated_env, capsys, monkeypatch, message):
-    import harness.suites
+    import harness.plan.suites
     from harness.errors import HarnessError
 
     def fail(*_args, **_kwargs):
         raise HarnessError(message)
 
-    monkeypatch.setattr(harness.suites, "load_suite", fail)
+    monkeypatch.setattr(harness.plan.suites, "load_suite", fail)
     code, lines, _ = cli(capsys, "run", "-b", "resnet", "--variant", "tiny")
     assert one_error_line(code, lines) == f"error: {message}"
 
@@ -162,7 +162,7 @@ def test_leaderboard_of_a_suite_without_runs_says_how_to_run_it_and_makes_nothin
 
 
 def test_leaderboard_against_a_store_with_runs_creates_no_experiment_for_a_wrong_name(isolated_env, capsys):
-    from harness.tracking import Tracker
+    from harness.track.tracking import Tracker
 
     home = isolated_env / "home"
     Tracker("t").log_job(record("k0", suite="t"))  # suite 't' is no built-in: it is known by its runs
@@ -181,8 +181,8 @@ def test_leaderboard_against_a_store_with_runs_creates_no_experiment_for_a_wrong
 
 
 def test_leaderboard_of_records_not_yet_in_mlflow_says_sync(isolated_env, capsys):
-    from harness.records import RecordStore
-    from harness.tracking import Tracker
+    from harness.track.records import RecordStore
+    from harness.track.tracking import Tracker
 
     Tracker("t").log_job(record("k0", suite="t"))  # the store exists, without suite 'u'
     RecordStore().write(record("k1", suite="u"))  # finished, its MLflow upload pending
@@ -211,14 +211,14 @@ def _measured(batch_size: int) -> dict:
 def test_profile_rows_that_fail_are_said_and_counted_never_written_as_nan_rows(isolated_env, capsys, monkeypatch):
     import mlflow
 
-    import harness.profiler
+    import harness.run.profiler
 
     def rows(config, sizes, warmup=2, repeats=5):
         yield _measured(1)
         yield {"backbone": "resnet", "variant": "tiny", "batch_size": 2,
                "error": "torch.OutOfMemoryError: [ran] out of memory"}
 
-    monkeypatch.setattr(harness.profiler, "profile_rows", rows)
+    monkeypatch.setattr(harness.run.profiler, "profile_rows", rows)
     out_dir = isolated_env / "out"
     code, lines, _ = cli(capsys, "profile", "-b", "resnet", "--variant", "tiny", "--batch-sizes", "1,2",
                          "--out-dir", str(out_dir))
@@ -236,13 +236,13 @@ def test_profile_rows_that_fail_are_said_and_counted_never_written_as_nan_rows(i
 
 
 def test_profile_where_every_row_fails_writes_nothing(isolated_env, capsys, monkeypatch):
-    import harness.profiler
+    import harness.run.profiler
 
     def rows(config, sizes, warmup=2, repeats=5):
         for bs in sizes:
             yield {"backbone": "resnet", "variant": "tiny", "batch_size": bs, "error": "RuntimeError: boom"}
 
-    monkeypatch.setattr(harness.profiler, "profile_rows", rows)
+    monkeypatch.setattr(harness.run.profiler, "profile_rows", rows)
     out_dir = isolated_env / "out"
     code, lines, _ = cli(capsys, "profile", "-b", "resnet", "--variant", "tiny", "--batch-sizes", "1,2",
                          "--out-dir", str(out_dir))
@@ -253,7 +253,7 @@ def test_profile_where_every_row_fails_writes_nothing(isolated_env, capsys, monk
 def test_an_older_profiles_file_loses_its_error_rows_on_the_next_update(tmp_path):
     import pandas as pd
 
-    from harness.profiles import update_profiles
+    from harness.report.profiles import update_profiles
 
     pd.DataFrame([_measured(1), {"backbone": "dino", "variant": "tiny", "batch_size": 8, "error": "x"}]).to_csv(
         tmp_path / "profiles.csv", index=False)
@@ -280,7 +280,7 @@ FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0,init=v2
 @pytest.fixture
 def two_backbones_cached():
     """Two resnet entries and one dino entry; their payloads, to read back after a partial clear."""
-    from harness.cache import FeatureCache, forget_ledgers
+    from harness.data.cache import FeatureCache, forget_ledgers
 
     resnet, dino = FeatureCache(FP, "global"), FeatureCache({**FP, "backbone": "dino"}, "global")
     resnet.put("01" * 32, torch.ones(10))
@@ -292,7 +292,7 @@ def two_backbones_cached():
 
 
 def cached() -> dict[str, int]:
-    from harness.cache import cache_info
+    from harness.data.cache import cache_info
 
     return {row["backbone"]: row["entries"] for row in cache_info()}
 
@@ -319,7 +319,7 @@ def test_cache_clear_yes_deletes_everything(isolated_env, capsys, two_backbones_
 
 
 def test_cache_clear_one_backbone_keeps_the_others(isolated_env, capsys, two_backbones_cached):
-    from harness.cache import FeatureCache
+    from harness.data.cache import FeatureCache
 
     code, lines, out = cli(capsys, "cache", "clear", "--backbone", "resnet", "-y")
     assert code == 0, lines

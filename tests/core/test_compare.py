@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import compare, read_leaderboard
+from harness.report.compare import compare, read_leaderboard
 
 ROW = {"backbone": "resnet:tiny (random init)", "task": "fsc", "task_version": "1", "dataset": "mini_coop",
        "metric": "top1", "std": 0.0, "n": 3}
@@ -166,7 +166,8 @@ def test_a_row_measured_on_other_test_items_fails_whichever_way_it_moved():
 def test_old_baseline_with_zero_std_reads_like_the_new_csv(tmp_path):
     """Leaderboards written before issue 19 sorted settings as text (shots=1, 16, 4) and wrote std 0.0000 for one
     seed; the new ones sort naturally and leave that std blank. Either reads as a baseline for the other."""
-    from harness.leaderboard import build_leaderboard, write_leaderboard
+    from harness.report.leaderboard import build_leaderboard
+    from harness.report.publish import write_leaderboard
 
     seeds = {1: (1, 2), 4: (1,), 16: (1, 2)}
     runs = pd.DataFrame([{"tags.harness.job_key": f"k{k}-{seed}", "tags.harness.primary_metric": "top1",
@@ -199,7 +200,7 @@ def test_committed_mini_baseline_in_the_old_and_the_new_form(tmp_path):
     import csv
     from pathlib import Path
 
-    from harness.leaderboard import KEYS, sort_long
+    from harness.report.leaderboard import KEYS, sort_long
 
     committed = Path(__file__).resolve().parents[2] / "leaderboards" / "mini.csv"
     rows = pd.read_csv(committed, dtype={"task_version": str, "setting": str, "seed_values": str})

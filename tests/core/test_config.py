@@ -2,7 +2,7 @@ import pytest
 
 from harness.config import BackboneConfig, SuiteSpec, load_model, parse_overrides, validate
 from harness.errors import ConfigError, UnknownNameError
-from harness.suites import builtin_suites, load_suite
+from harness.plan.suites import builtin_suites, load_suite
 
 
 def write(tmp_path, text):

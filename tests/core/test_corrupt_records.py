@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import HarnessError
-from harness.records import RecordStore, validate_record
-from harness.sync import sync_suite
-from harness.tracking import Tracker, runs_from_records
+from harness.track.records import RecordStore, validate_record
+from harness.track.sync import sync_suite
+from harness.track.tracking import Tracker, runs_from_records
 
 
 def good_bytes(key: str, **changes) -> bytes:
@@ -124,8 +124,8 @@ class Offline:
 
 def test_the_executor_recomputes_a_job_whose_record_is_corrupt(capsys):
     from harness.config import BackboneConfig
-    from harness.executor import Executor
-    from harness.planner import Job
+    from harness.plan.planner import Job
+    from harness.run.executor import Executor
 
     jobs = [Job(suite="t", backbone=BackboneConfig(name="resnet", variant="tiny"), task="fsc", task_version="1",
                 dataset="mini_coop", protocol={"seed": seed}, column="c", data_fingerprint="d",
@@ -178,7 +178,7 @@ def test_sync_uploads_the_good_records_and_counts_the_corrupt_ones(capsys):
 
 
 def test_the_offline_leaderboard_keeps_the_good_records_and_counts_the_corrupt_ones(capsys):
-    from harness.leaderboard import build_leaderboard
+    from harness.report.leaderboard import build_leaderboard
 
     store = RecordStore()
     store.write(record("k1", 1))

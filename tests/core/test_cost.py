@@ -1,7 +1,7 @@
-"""The cost model (harness.cost): images to extract, bytes to store and time, before any work.
+"""The cost model (harness.plan.cost): images to extract, bytes to store and time, before any work.
 
 Expected numbers are computed here from the published split sizes in /work/shared/research/protocols.md (CoOp
-Table 1, the ZSE-SBIR `_zero` list counts, the OVSS val sets) and the suite's grid, not from harness.cost.
+Table 1, the ZSE-SBIR `_zero` list counts, the OVSS val sets) and the suite's grid, not from harness.plan.cost.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from harness.config import RunConfig
-from harness.cost import Tally, estimate, human_bytes, ms_per_image, render
-from harness.planner import plan, resolve_device
-from harness.suites import load_suite
+from harness.plan.cost import Tally, estimate, human_bytes, ms_per_image, render
+from harness.plan.planner import plan, resolve_device
+from harness.plan.suites import load_suite
 
 # protocols.md §A.1: classes, train, val, test (ImageNet: no val, its few-shot val is drawn from the train split
 # minus the support, tasks/fsc/sampling.py;
@@ -143,7 +143,7 @@ def test_human_units():
 
 def test_mini_dry_run_counts_files_and_the_cache_after_extraction(tmp_path):
     """Data present: exact counts from the split files; an image in the feature cache is not counted."""
-    from harness.parallel_extract import backbone_configs, extract_dataset
+    from harness.run.parallel_extract import backbone_configs, extract_dataset
 
     suite_file = tmp_path / "one.yaml"
     suite_file.write_text("name: one\nvariant: tiny\ndevice: cpu\nentries:\n  - task: fsc\n"
@@ -166,7 +166,7 @@ def test_mini_dry_run_counts_files_and_the_cache_after_extraction(tmp_path):
 def test_a_dataset_without_a_val_split_prices_its_fewshot_val_as_train_images():
     """ImageNet has no val split: its few-shot val (min(K, 4) per class) comes out of train, never test
     (tasks/fsc/sampling.py); Caltech101 draws it from its own val split."""
-    from harness.cost import READS, _published
+    from harness.plan.cost import READS, _published
 
     t = Tally()
     for dataset in ("imagenet", "caltech101"):

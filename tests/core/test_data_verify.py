@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from harness.catalog import DATASETS
-from harness.planner import open_dataset
-from harness.verify import MAX_PIXELS, check_file, deep_verify
+from harness.data.verify import MAX_PIXELS, check_file, deep_verify
+from harness.plan.planner import open_dataset
 from tasks.fsc.datasets import MiniCoOp
 
 

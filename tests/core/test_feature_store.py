@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from harness.api import JobContext
-from harness.cache import FeatureCache, cache_info, clear_cache, forget_ledgers, round_to_store
 from harness.config import BackboneConfig
+from harness.data.cache import FeatureCache, cache_info, clear_cache, forget_ledgers, round_to_store
 from harness.errors import DataMissingError, HarnessError
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 
 FP = {"backbone": "resnet", "variant": "tiny", "weights": "random(seed=0,init=v2)"}
 
@@ -101,13 +101,13 @@ def test_ledger_total_follows_every_write_rewrite_eviction_and_drop(monkeypatch)
 
 
 def test_a_write_that_fails_streams_instead_of_crashing(monkeypatch):
-    import harness.cache
+    import harness.data.cache
 
     def full_disk(path, data, durable=True):
         raise OSError(28, "No space left on device")
 
     cache = FeatureCache(FP, "global")  # namespace.json written; then the disk fills up
-    monkeypatch.setattr(harness.cache, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(harness.data.cache, "atomic_write_bytes", full_disk)
     assert not cache.put("04" * 32, torch.ones(10)) and cache.stats.streamed == 1
     assert cache.get("04" * 32) is None and cache_info()[0]["entries"] == 0  # the ledger forgot it too
 
@@ -119,7 +119,7 @@ def test_file_hashes_are_remembered_across_processes_until_the_file_changes(tmp_
     import hashlib
     import os
 
-    import harness.hashindex as hashindex
+    import harness.data.hashindex as hashindex
 
     path = tmp_path / "img.bin"
     path.write_bytes(b"abc" * 1000)
@@ -156,7 +156,7 @@ def direct(backbone, dataset, items, kind):
 
 
 def test_a_set_that_does_not_fit_is_recomputed_and_streamed_not_stored(resnet64, tmp_path, monkeypatch):
-    from harness.features import FeatureSet
+    from harness.data.features import FeatureSet
 
     ds = open_dataset("mini_coop")
     items = ds.splits()["val"][:20]
@@ -178,7 +178,7 @@ def test_a_set_that_does_not_fit_is_recomputed_and_streamed_not_stored(resnet64,
 
 
 def test_a_set_that_fits_is_stored_once_and_read_back(resnet64, tmp_path):
-    from harness.features import FeatureSet
+    from harness.data.features import FeatureSet
 
     ds = open_dataset("mini_coop")
     items = ds.splits()["val"][:20] + ds.splits()["val"][:3]  # a file listed twice is one entry
@@ -193,7 +193,7 @@ def test_a_set_that_fits_is_stored_once_and_read_back(resnet64, tmp_path):
 
 
 def test_decode_workers_give_the_same_batches_in_the_same_order(resnet64):
-    from harness.inputs import preprocessed_batches
+    from harness.data.inputs import preprocessed_batches
 
     ds = open_dataset("mini_coop")
     items = ds.splits()["test"][:40]
@@ -206,7 +206,7 @@ def test_decode_workers_give_the_same_batches_in_the_same_order(resnet64):
 
 
 def test_a_bad_image_in_a_worker_is_one_line_naming_the_file(resnet64):
-    from harness.inputs import preprocessed_batches
+    from harness.data.inputs import preprocessed_batches
 
     ds = open_dataset("mini_coop")
     items = ds.splits()["test"][:12]
@@ -218,8 +218,8 @@ def test_a_bad_image_in_a_worker_is_one_line_naming_the_file(resnet64):
 
 
 def test_workers_setting_is_validated(monkeypatch):
+    from harness.data.inputs import default_workers
     from harness.errors import ConfigError
-    from harness.inputs import default_workers
 
     monkeypatch.setenv("HARNESS_WORKERS", "3")
     assert default_workers() == 3
@@ -232,7 +232,7 @@ def test_a_streamed_batch_of_big_dense_maps_is_capped_by_bytes_not_rows(tmp_path
     """sd15 at 256 px: 5.6 MB of float32 maps per image, so a 256-row prediction batch would be 1.4 GB; the
     set hands out at most MAX_BATCH_BYTES per batch, from the backbone's declared shapes (no probe pass)."""
     from backbones.synthetic import SyntheticBackbone
-    from harness.features import MAX_BATCH_BYTES, FeatureSet
+    from harness.data.features import MAX_BATCH_BYTES, FeatureSet
 
     bb = SyntheticBackbone(BackboneConfig(name="synthetic", variant="sd15-256", batch_size=8))
     ds = open_dataset("mini_coop")
@@ -248,7 +248,7 @@ def test_a_streamed_batch_of_big_dense_maps_is_capped_by_bytes_not_rows(tmp_path
 def test_recent_entries_are_bounded_and_never_stale(monkeypatch):
     import os
 
-    import harness.cache as hc
+    import harness.data.cache as hc
 
     monkeypatch.setattr(hc, "RECENT_BYTES", 5 * 4000)  # room for five 4 kB entries
     monkeypatch.setattr(hc, "_RECENT", hc.OrderedDict())

@@ -56,10 +56,10 @@ RANDOM = ("--weights", "random")
 @pytest.fixture
 def interrupted_profile(monkeypatch):
     """`profile` measures `finished` rows (one child process each, in order), then Ctrl-C arrives."""
-    import harness.profiler
-    import harness.tracking
+    import harness.run.profiler
+    import harness.track.tracking
 
-    monkeypatch.setattr(harness.tracking, "Tracker", FakeTracker)
+    monkeypatch.setattr(harness.track.tracking, "Tracker", FakeTracker)
 
     def arrange(finished: int) -> list[tuple[str, int]]:
         measured: list[tuple[str, int]] = []
@@ -71,7 +71,7 @@ def interrupted_profile(monkeypatch):
                 measured.append((config.name, bs))
                 yield profile_row(config, bs)
 
-        monkeypatch.setattr(harness.profiler, "profile_rows", profile_rows)
+        monkeypatch.setattr(harness.run.profiler, "profile_rows", profile_rows)
         return measured
 
     return arrange
@@ -121,7 +121,7 @@ def put_entries(n: int, salt: str) -> None:
 
     import torch
 
-    from harness.cache import FeatureCache
+    from harness.data.cache import FeatureCache
 
     cache = FeatureCache({"backbone": "fake", "variant": "x"}, "global")
     for i in range(n):
@@ -131,7 +131,7 @@ def put_entries(n: int, salt: str) -> None:
 @pytest.fixture
 def interrupted_extract(monkeypatch):
     """`extract` over two backbone configs; the second writes `partial` entries, then Ctrl-C arrives."""
-    import harness.parallel_extract as pe
+    import harness.run.parallel_extract as pe
 
     real = pe.backbone_configs
     configs = [real(["resnet"], "mini")[0], real(["dino"], "mini")[0]]
@@ -163,21 +163,21 @@ def test_ctrl_c_in_extract_says_what_finished_and_that_a_rerun_skips_it(isolated
     assert lines == ["interrupted: 1 of 2 backbone config(s) finished extracting mini_coop; the feature cache grew "
                      "by 7 entries (kept); rerun the same command to extract only what is missing (cached entries "
                      "are skipped)"]
-    from harness.cache import cache_info
+    from harness.data.cache import cache_info
 
     assert sum(row["entries"] for row in cache_info()) == 2 + 3 + 4  # what the interrupted command wrote is kept
 
 
 def test_ctrl_c_in_extract_with_an_unreadable_cache_still_says_one_line(isolated_env, capsys, monkeypatch,
                                                                        interrupted_extract):
-    import harness.cache
+    import harness.data.cache
 
     interrupted_extract(first=1, partial=0)
 
     def broken(*args, **kwargs):
         raise OSError("ledger unreadable")
 
-    monkeypatch.setattr(harness.cache, "cache_info", broken)
+    monkeypatch.setattr(harness.data.cache, "cache_info", broken)
     code, lines = cli(capsys, "extract", "-b", "resnet,dino", "--dataset", "mini_coop")
     assert code == 130
     assert lines == ["interrupted: 1 of 2 backbone config(s) finished extracting mini_coop; rerun the same command "

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from harness.leaderboard import render_markdown, runs_to_long, to_wide
+from harness.report.leaderboard import render_markdown, runs_to_long, to_wide
 
 
 def fake_runs(rows):

@@ -5,10 +5,11 @@ import math
 import pandas as pd
 import pytest
 
-from harness.compare import compare, read_leaderboard
-from harness.leaderboard import build_leaderboard, write_leaderboard
-from harness.records import RecordStore
-from harness.tracking import item_se_metrics, runs_from_records
+from harness.report.compare import compare, read_leaderboard
+from harness.report.leaderboard import build_leaderboard
+from harness.report.publish import write_leaderboard
+from harness.track.records import RecordStore
+from harness.track.tracking import item_se_metrics, runs_from_records
 
 
 def run(key, dataset, seed, metric, value, extra=None):

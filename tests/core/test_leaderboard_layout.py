@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from leaderboard_factory import realistic_runs, write_profiles
 
-import harness.leaderboard_html as page
-from harness.leaderboard import (
+import harness.report.leaderboard_html as page
+from harness.report.leaderboard import (
     PRINT_WIDTH,
     build_leaderboard,
     leaderboard_markdown,

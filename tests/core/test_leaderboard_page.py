@@ -3,8 +3,9 @@ import re
 import pandas as pd
 import pytest
 
-from harness.leaderboard import build_leaderboard, leaderboard_markdown, to_wide, write_leaderboard
-from harness.leaderboard_html import pareto_front, render_html
+from harness.report.leaderboard import build_leaderboard, leaderboard_markdown, to_wide
+from harness.report.leaderboard_html import pareto_front, render_html
+from harness.report.publish import write_leaderboard
 
 
 def fake_runs(options=False):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness.stats import bootstrap_ci, compare_with_best, paired_bootstrap, paired_ttest
+from harness.report.stats import bootstrap_ci, compare_with_best, paired_bootstrap, paired_ttest
 
 
 def test_paired_ttest_matches_hand_computation_and_scipy():

@@ -1,4 +1,4 @@
-"""harness.locks: one winner per name among racing processes, stale claims taken over, live ones never."""
+"""harness.data.locks: one winner per name among racing processes, stale claims taken over, live ones never."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import locks
+from harness.data import locks
 
 
 def dead_pid() -> int:

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from harness.memory import mark_peak, peak_rss_mb, rss_mb
+from harness.data.memory import mark_peak, peak_rss_mb, rss_mb
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resettable peak is Linux's VmHWM")

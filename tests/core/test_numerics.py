@@ -22,7 +22,7 @@ from harness.numerics import head_dtype, portable_randn, seeded_init, text_preci
 SCRIPT = r"""
 import hashlib, json, sys, torch
 from harness.config import BackboneConfig
-from harness.executor import build_backbone
+from harness.run.executor import build_backbone
 
 def digest(tensors):
     h = hashlib.sha256()
@@ -100,7 +100,7 @@ def test_heads_follow_the_backbones_precision():
 
 
 def test_mini_suite_states_its_precision():
-    from harness.suites import load_suite
+    from harness.plan.suites import load_suite
 
     assert load_suite("mini").dtype == "fp64"
 

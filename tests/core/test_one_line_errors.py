@@ -74,8 +74,8 @@ class _Payload:
 def test_weights_that_cannot_be_loaded_are_one_line(tmp_path, case):
     import torch
 
+    from harness.data.weights import fit_state_dict, load_state_dict
     from harness.errors import WeightsError
-    from harness.weights import fit_state_dict, load_state_dict
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     path = tmp_path / "w.pt"
@@ -156,8 +156,8 @@ def test_a_bad_cache_budget_in_the_environment_is_one_line(isolated_env, capsys,
 
 
 def test_valid_numbers_parse():
-    from harness.cache import budget_gb
     from harness.config import parse_ints
+    from harness.data.cache import budget_gb
 
     assert parse_ints("--seeds", " 1, 2,3 ") == [1, 2, 3]
     os.environ.pop("HARNESS_CACHE_BUDGET_GB", None)
@@ -297,8 +297,8 @@ def test_options_are_named_in_their_errors(isolated_env, capsys, args, says):
 def test_ctrl_c_says_what_finished_and_how_to_resume(isolated_env, capsys, monkeypatch):
     import typer
 
-    import harness.records
-    import harness.tracking
+    import harness.track.records
+    import harness.track.tracking
     from harness import cli as cli_module
     from harness.config import RunConfig
 
@@ -327,8 +327,8 @@ def test_ctrl_c_says_what_finished_and_how_to_resume(isolated_env, capsys, monke
         def run(self, jobs, tracker, resume=True):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.tracking, "Tracker", FakeTracker)
-    monkeypatch.setattr(harness.records.RecordStore, "exists", lambda self, key: key in done)
+    monkeypatch.setattr(harness.track.tracking, "Tracker", FakeTracker)
+    monkeypatch.setattr(harness.track.records.RecordStore, "exists", lambda self, key: key in done)
     cfg = RunConfig(suite="s", backbones=["resnet"])
     with pytest.raises(typer.Exit) as exit_:
         cli_module._execute("s", cfg, jobs, isolated_env / "lb", FakeExecutor(), {})
@@ -339,12 +339,12 @@ def test_ctrl_c_says_what_finished_and_how_to_resume(isolated_env, capsys, monke
 
 
 def test_an_unexpected_exception_is_one_line_with_a_log_of_the_traceback(isolated_env, capsys, monkeypatch):
-    import harness.suites
+    import harness.plan.suites
 
     def boom(name, *_):  # `run` also passes --limit
         raise RuntimeError("disk on fire\nsecond line [bold]")
 
-    monkeypatch.setattr(harness.suites, "load_suite", boom)
+    monkeypatch.setattr(harness.plan.suites, "load_suite", boom)
     code, lines = cli(capsys, "run", "-b", "resnet")
     line = assert_one_line(code, lines, "error: RuntimeError: disk on fire second line [bold]")
     assert code == 1
@@ -355,12 +355,12 @@ def test_an_unexpected_exception_is_one_line_with_a_log_of_the_traceback(isolate
 
 
 def test_the_traceback_log_falls_back_to_the_temp_folder(isolated_env, capsys, monkeypatch):
-    import harness.suites
+    import harness.plan.suites
 
     home = isolated_env / "home-is-a-file"
     home.write_text("")
     monkeypatch.setenv("HARNESS_HOME", str(home))
-    monkeypatch.setattr(harness.suites, "load_suite", lambda name, *_: 1 / 0)
+    monkeypatch.setattr(harness.plan.suites, "load_suite", lambda name, *_: 1 / 0)
     code, lines = cli(capsys, "run", "-b", "resnet")
     line = assert_one_line(code, lines, "error: ZeroDivisionError: division by zero (traceback in ")
     log = Path(re.search(r"\(traceback in (.+)\)$", line).group(1))
@@ -369,13 +369,13 @@ def test_the_traceback_log_falls_back_to_the_temp_folder(isolated_env, capsys, m
 
 
 def test_a_harness_error_prints_its_message_only_markup_and_all(isolated_env, capsys, monkeypatch):
-    import harness.suites
+    import harness.plan.suites
     from harness.errors import ConfigError
 
     def refuse(name, *_):
         raise ConfigError("bad value [red]x[/red] in s.yaml")
 
-    monkeypatch.setattr(harness.suites, "load_suite", refuse)
+    monkeypatch.setattr(harness.plan.suites, "load_suite", refuse)
     code, lines = cli(capsys, "run", "-b", "resnet")
     assert code == 2 and lines == ["error: bad value [red]x[/red] in s.yaml"]
     assert not (isolated_env / "home" / "logs").exists()

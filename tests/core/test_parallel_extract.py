@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError, HarnessError
-from harness.parallel_extract import (
+from harness.plan.planner import open_dataset
+from harness.run.parallel_extract import (
     Shard,
     backbone_configs,
     dataset_items,
@@ -23,7 +24,6 @@ from harness.parallel_extract import (
     unique_images,
     worker_threads,
 )
-from harness.planner import open_dataset
 
 
 def cache_entries(root: Path) -> dict[str, dict]:
@@ -99,8 +99,8 @@ def test_files_with_the_same_bytes_are_extracted_once(tmp_path):
 
 def test_configs_are_the_ones_a_run_builds():
     from harness.config import RunConfig
-    from harness.planner import backbone_config, plan
-    from harness.suites import load_suite
+    from harness.plan.planner import backbone_config, plan
+    from harness.plan.suites import load_suite
 
     spec = load_suite("mini")
     run = RunConfig(suite="mini", backbones=["vermouth"], batch_size=8, backbone_options={"t": 50})
@@ -156,7 +156,7 @@ def test_a_failed_shard_leaves_whole_entries_and_a_rerun_finishes_the_rest(tmp_p
     """The worker dies while writing its third entry (after the bytes, before the rename): the cache holds
     two whole entries and no partial file, and running again extracts only the other images."""
     import harness.io
-    from harness.cache import FeatureCache
+    from harness.data.cache import FeatureCache
 
     cfg = backbone_configs(["resnet"], "mini", batch_size=8)[0]
     ds = open_dataset("mini_coop")
@@ -179,7 +179,7 @@ def test_a_failed_shard_leaves_whole_entries_and_a_rerun_finishes_the_rest(tmp_p
     files = [p for p in root.rglob("*") if p.is_file() and p.name != "namespace.json"
              and not p.name.startswith("ledger.sqlite")]  # the store's bookkeeping
     assert sorted(files) == sorted(Path(p) for p in written)  # no temp file, no partial entry
-    from harness.executor import build_backbone
+    from harness.run.executor import build_backbone
 
     cache = FeatureCache(build_backbone(cfg).fingerprint(), "global")
     assert all(cache.get(p.stem) is not None for p in files)  # each one whole and checksummed
@@ -191,7 +191,7 @@ def test_a_failed_shard_leaves_whole_entries_and_a_rerun_finishes_the_rest(tmp_p
 
 def test_failed_shards_come_back_as_one_error_naming_them(tmp_path, monkeypatch):
     """Workers' errors (ours do not unpickle as they are) come back as messages, one line per shard."""
-    import harness.parallel_extract as pe
+    import harness.run.parallel_extract as pe
 
     cfg = backbone_configs(["dino"], "mini")[0]
     shard = Shard(index=1, count=2, config=cfg, dataset="nosuch", kinds=("global",), images=[])

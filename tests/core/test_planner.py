@@ -2,8 +2,8 @@ import pytest
 
 from harness.config import RunConfig
 from harness.errors import ConfigError, UnknownNameError
-from harness.planner import parse_shard, plan, shard
-from harness.suites import load_suite
+from harness.plan.planner import parse_shard, plan, shard
+from harness.plan.suites import load_suite
 
 
 def make_plan(**kw):
@@ -111,7 +111,7 @@ def test_dry_run_lists_missing_weights_and_keeps_the_other_keys(monkeypatch):
     the other backbones' job keys are those of a real run. A real run still stops on the missing weights."""
     from harness.catalog import BACKBONES
     from harness.errors import WeightsMissingError
-    from harness.planner import WEIGHTS_MISSING
+    from harness.plan.planner import WEIGHTS_MISSING
 
     def absent(cls, config):
         raise WeightsMissingError("weights 'org/dino' are not available locally", weights="org/dino",
@@ -139,7 +139,7 @@ def test_plan_points_include_those_whose_data_is_missing():
 def test_device_auto_resolves_before_job_keys(monkeypatch, cuda):
     import torch
 
-    from harness.planner import resolve_device
+    from harness.plan.planner import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

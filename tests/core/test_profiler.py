@@ -2,8 +2,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import BackboneConfig
-from harness.profiler import profile
-from harness.profiles import render_profiles, update_profiles
+from harness.report.profiles import render_profiles, update_profiles
+from harness.run.profiler import profile
 
 
 def test_profile_rows_and_table(tmp_path):

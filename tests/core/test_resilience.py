@@ -8,9 +8,9 @@ import pytest
 from record_factory import record
 
 from harness.errors import HarnessError
-from harness.records import RecordStore
-from harness.sync import sync_suite
-from harness.tracking import Tracker, TrackerUnavailable, runs_from_records
+from harness.track.records import RecordStore
+from harness.track.sync import sync_suite
+from harness.track.tracking import Tracker, TrackerUnavailable, runs_from_records
 
 
 def test_unreachable_server_goes_offline_fast_and_warns(monkeypatch, capsys):
@@ -100,8 +100,8 @@ def test_marking_pending_twice_keeps_the_artifacts(tmp_path):
 def test_killed_between_record_and_mlflow_relogs_the_artifacts_on_resume(tmp_path):
     """The record lands, the process dies before its MLflow run: the resumed run logs record and artifacts."""
     from harness.config import BackboneConfig
-    from harness.executor import Executor
-    from harness.planner import Job
+    from harness.plan.planner import Job
+    from harness.run.executor import Executor
 
     job = Job(suite="t", backbone=BackboneConfig(name="resnet", variant="tiny"), task="fsc", task_version="1",
               dataset="mini_coop", protocol={"seed": 1}, column="c", data_fingerprint="d", weights_fingerprint="w")
@@ -141,7 +141,7 @@ def test_killed_between_record_and_mlflow_relogs_the_artifacts_on_resume(tmp_pat
 
 
 def test_a_new_sqlite_store_is_made_whole_beside_and_never_replaces_one(tmp_path):
-    from harness.tracking import ensure_sqlite_store
+    from harness.track.tracking import ensure_sqlite_store
 
     db = tmp_path / "home" / "mlflow.db"
     ensure_sqlite_store(f"sqlite:///{db}", tmp_path / "artifacts")

@@ -7,10 +7,10 @@ import pytest
 from backbones.vermouth.cards import TASK_PRESETS, VERMOUTH
 from harness.config import RunConfig, SuiteSpec
 from harness.errors import ConfigError
-from harness.leaderboard import backbone_settings, runs_to_values
-from harness.parallel_extract import backbone_configs
-from harness.planner import plan
-from harness.suites import load_suite
+from harness.plan.planner import plan
+from harness.plan.suites import load_suite
+from harness.report.leaderboard import backbone_settings, runs_to_values
+from harness.run.parallel_extract import backbone_configs
 
 
 def vermouth_jobs(suite: SuiteSpec | None = None, **kw):

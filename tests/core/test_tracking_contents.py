@@ -16,8 +16,8 @@ import mlflow
 import pytest
 from record_factory import record
 
-from harness.leaderboard import runs_to_values
-from harness.tracking import (
+from harness.report.leaderboard import runs_to_values
+from harness.track.tracking import (
     Tracker,
     ensure_sqlite_store,
     job_metrics,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.cli import main
-from harness.tracking import StoreUnusable, Tracker, check_database_store, shown_uri, tcp_address
+from harness.track.tracking import StoreUnusable, Tracker, check_database_store, shown_uri, tcp_address
 
 HANG_GUARD_S = 20.0
 
@@ -56,7 +56,7 @@ def test_an_unreachable_database_server_goes_offline_within_seconds(monkeypatch,
 def test_the_leaderboard_command_goes_on_offline_against_an_unreachable_database(monkeypatch, capsys):
     from record_factory import record
 
-    from harness.records import RecordStore
+    from harness.track.records import RecordStore
 
     RecordStore().write(record("k1", suite="mini"))  # offline, the local records are what it compiles
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:pw@127.0.0.1:{free_port()}/mlflow")

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from record_factory import record
 
-from harness import locks
 from harness.cli import main
-from harness.records import RecordStore
-from harness.tracking import (
+from harness.data import locks
+from harness.track.records import RecordStore
+from harness.track.tracking import (
     StoreUnusable,
     Tracker,
     TrackerUnavailable,
@@ -183,7 +183,7 @@ def test_a_file_size_limit_leaves_no_half_made_store_and_fails_logging_fast(stor
     code = """
         import json, os, resource, sys
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
-        from harness.tracking import Tracker, TrackerUnavailable
+        from harness.track.tracking import Tracker, TrackerUnavailable
         t = Tracker("t")
         out = {"offline_at_start": t.offline, "client": t.client is not None}
         if not t.offline:
@@ -267,7 +267,7 @@ def test_a_key_logged_meanwhile_by_another_process_is_not_logged_again(store):
 
 
 def test_a_key_being_logged_by_a_live_process_stays_pending(store, monkeypatch):
-    import harness.tracking as tracking
+    import harness.track.tracking as tracking
 
     monkeypatch.setattr(tracking, "LOG_CLAIM_WAIT_S", 0.1)
     path = locks.lock_path(log_claim_name("k1"))
@@ -281,8 +281,8 @@ def test_a_key_being_logged_by_a_live_process_stays_pending(store, monkeypatch):
 
 GATE = """
     import json, os, pathlib, sys, time
-    from harness.sync import sync_suite
-    from harness.tracking import Tracker
+    from harness.track.sync import sync_suite
+    from harness.track.tracking import Tracker
     gate = pathlib.Path(sys.argv[1])
     (gate / f"ready-{os.getpid()}").touch()
     while not (gate / "go").exists():
@@ -391,7 +391,7 @@ def test_a_run_killed_inside_its_invocation_is_closed_by_the_next_one(store, cap
     invocation closes both as KILLED, says so in one line, and a later one finds nothing more to close."""
     proc = python("""
         import json, sys, time
-        from harness.tracking import Tracker, job_tags
+        from harness.track.tracking import Tracker, job_tags
         tracker = Tracker("t")
         with tracker.invocation({"a": 1}) as run_id:
             tags = {**job_tags(json.loads(sys.argv[1]), "t"), "mlflow.parentRunId": run_id}

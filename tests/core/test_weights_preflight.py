@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.data.weights import load_state_dict, weights_format
 from harness.errors import WeightsError
-from harness.weights import load_state_dict, weights_format
 
 
 def safetensors_bytes(header: dict, data: bytes) -> bytes:
@@ -85,7 +85,7 @@ def test_a_damaged_weights_file_stops_the_run_in_one_line_before_any_work(isolat
 def test_the_check_reads_no_tensors_and_imports_no_torch(isolated_env, case):
     """Planning stays cheap: the check runs in a fresh interpreter without torch ever being imported."""
     path, says = make(case, isolated_env)
-    code = ("import sys\nfrom harness.errors import WeightsError\nfrom harness.weights import weights_format\n"
+    code = ("import sys\nfrom harness.errors import WeightsError\nfrom harness.data.weights import weights_format\n"
             "try:\n    weights_format(sys.argv[1])\nexcept WeightsError as exc:\n    print(exc)\n"
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,

@@ -167,11 +167,11 @@ def job_runs(uri: str, suite: str) -> pd.DataFrame:
 
 
 def assert_cache_entries_whole(cache: Path) -> int:
-    """Every feature-cache entry under its real name opens and matches its checksum (harness.cache's own
+    """Every feature-cache entry under its real name opens and matches its checksum (harness.data.cache's own
     digest); returns how many there are. Temp files are dot-prefixed and never read."""
     from safetensors import safe_open
 
-    from harness.cache import _digest
+    from harness.data.cache import _digest
 
     entries = list((cache / "features").rglob("*.safetensors"))
     for entry in entries:

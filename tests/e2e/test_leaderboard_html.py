@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.leaderboard import build_leaderboard, write_leaderboard
+from harness.report.leaderboard import build_leaderboard
+from harness.report.publish import write_leaderboard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))  # the shared synthetic board
 from leaderboard_factory import realistic_runs, write_profiles  # noqa: E402

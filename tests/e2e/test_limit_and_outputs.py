@@ -15,7 +15,7 @@ import yaml
 from e2e_helpers import harness_env, run_harness, write_suite
 
 from harness.errors import ConfigError
-from harness.suites import limited_name, load_suite, split_limit
+from harness.plan.suites import limited_name, load_suite, split_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI_COOP_TEST_IMAGES = 480  # tasks/fsc/mini.py: 12 classes x 40 test images

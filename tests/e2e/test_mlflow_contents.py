@@ -4,7 +4,7 @@ as metrics, a readable name and weights param, MLflow's git tag, artifacts besid
 directory), an experiment with a description, and a parent run holding the leaderboard files and a summary.
 
 Expected values come from the run record on disk, the leaderboard files on disk, `git rev-parse HEAD` and
-`harness.weights.resolve_weights` (the weights identity), never from the tracking code itself.
+`harness.data.weights.resolve_weights` (the weights identity), never from the tracking code itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from e2e_helpers import fsc_entry, harness_env, run_harness, write_suite
 from mlflow.tracking import MlflowClient
 
-from harness.weights import resolve_weights
+from harness.data.weights import resolve_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -117,7 +117,7 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Reference:
     """Run once for the module; the data is generated first so that the reference times only the run."""
-    from harness.planner import open_dataset
+    from harness.plan.planner import open_dataset
 
     root = tmp_path_factory.mktemp("randkill")
     with pytest.MonkeyPatch.context() as mp:

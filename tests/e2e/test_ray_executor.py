@@ -158,7 +158,7 @@ def test_no_ray_process_outlives_the_command(runs):
 
 def test_missing_ray_is_a_clear_error_naming_the_extra(monkeypatch):
     from harness.errors import HarnessError
-    from harness.executor import make_executor
+    from harness.run.factory import make_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(HarnessError, match=r"optional extra 'ray'.*\[ray\]"):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.data.images import open_rgb
 from harness.errors import DataMissingError
-from harness.images import open_rgb
 from tasks.fsc.datasets import DTD, MiniCoOp
 from tasks.ovss.datasets import SegmentationDataset
 

@@ -9,7 +9,7 @@ from sklearn.metrics import accuracy_score
 from harness.api import JobContext
 from harness.config import BackboneConfig
 from harness.paths import harness_home
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 from tasks.fsc import mini
 from tasks.fsc.linear_probe import search_c_best_val, search_c_lpclip
 from tasks.fsc.sampling import load_or_create_fewshot
@@ -24,7 +24,7 @@ def backbone():
 
 
 def direct_features(backbone, dataset, items, store_dtype=torch.float32, normalise=False) -> np.ndarray:
-    """Independent of harness.features: timm's model called directly, rounded to the store dtype, in float64 (the
+    """Independent of harness.data.features: timm's model called directly, rounded to the store dtype, in float64 (the
     precision the probe fits in); raw (lpclip) or L2-normalised by hand (l2-best-val)."""
     batch = backbone.preprocess([dataset.load_image(it) for it in items])
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_text_classifier_averages_the_chosen_template_set(backbone, tmp_path, mo
 
     import torch.nn.functional as F
 
-    from harness.text_space import TextSpace
+    from harness.data.text_space import TextSpace
 
     seen = []
     real = TextSpace.class_embeddings

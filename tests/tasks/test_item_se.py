@@ -7,7 +7,7 @@ import pytest
 
 from harness.api import ItemSE, JobContext
 from harness.config import BackboneConfig
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 from tasks.fsc.task import FewShotClassification, FSCProtocol
 from tasks.sbir.metrics import cosine_retrieval, item_standard_errors
 

@@ -13,7 +13,7 @@ from harness.api import JobContext
 from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
 from harness.paths import harness_home
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 from tasks.ovss.head import FPNTextHead, OVSSHead, level_spec
 from tasks.ovss.task import (
     SHORT_TEMPLATES,

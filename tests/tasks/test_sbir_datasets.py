@@ -11,7 +11,7 @@ from PIL import Image
 
 from harness.catalog import DATASETS
 from harness.errors import DataMissingError
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 from tasks.sbir import mini
 from tasks.sbir.datasets import MiniSBIR, QuickDraw30, Sketchy21, Sketchy25, TUBerlin30
 from tasks.sbir.metrics import PRECISION_KS, TOPK

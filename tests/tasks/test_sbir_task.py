@@ -12,7 +12,7 @@ import tasks.text_head
 from harness.api import ImageItem, JobContext
 from harness.config import BackboneConfig
 from harness.errors import HarnessError
-from harness.planner import open_dataset
+from harness.plan.planner import open_dataset
 from tasks.sbir.task import SCALE_PRESETS, SBIRProtocol, ZeroShotSBIR, check_no_unseen, training_items
 
 FAST = dict(text_space="clip:tiny", epochs=2, n_qualitative=3)

@@ -1,4 +1,4 @@
-"""`harness.weights.resolve_model_folder`: a whole model folder, local or a hub id's cached snapshot, offline."""
+"""`harness.data.weights.resolve_model_folder`: a whole model folder, local or a hub id's cached snapshot, offline."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from vermouth_helpers import images, tiny_cfg
 
 from backbones.vermouth.backbone import VermouthBackbone
 from backbones.vermouth.components import SD_INCLUDE, SD_REQUIRED
+from harness.data.weights import resolve_model_folder
 from harness.errors import WeightsMissingError
-from harness.weights import resolve_model_folder
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

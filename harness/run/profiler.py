@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from harness.config import BackboneConfig
-from harness.errors import HarnessError
-from harness.memory import mark_peak, peak_rss_mb, rss_mb
+from harness.catalog import BACKBONES
+from harness.config import BackboneConfig, check_device_available, validate
+from harness.data.memory import mark_peak, peak_rss_mb, rss_mb
+from harness.errors import HarnessError, UnknownNameError
+from harness.plan.planner import resolve_backbones, resolve_device
 
 
 def measure(config: BackboneConfig, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def profile_rows(config: BackboneConfig, batch_sizes: list[int], warmup: int = 2
     for bs in batch_sizes:
         payload = json.dumps({"config": config.model_dump(mode="json"), "batch_size": bs, "warmup": warmup,
                               "repeats": repeats})
-        proc = subprocess.run([sys.executable, "-m", "harness.profiler", payload], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "harness.run.profiler", payload], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -110,3 +112,22 @@ if __name__ == "__main__":
     args = json.loads(sys.argv[1])
     result = measure(BackboneConfig(**args["config"]), args["batch_size"], args["warmup"], args["repeats"])
     print(json.dumps(result))
+
+
+def profile_configs(backbones: list[str], variant: str | None, weights: str | None, device: str,
+                    dtype: str) -> tuple[list[BackboneConfig], str | None]:
+    """Every config `harness profile` measures, each input checked before the first measurement (unknown names,
+    variants, a device this machine lacks, absent weights: one line each), on the resolved device; and the line
+    that says how `auto` resolved (None when it did not apply)."""
+    device, why = resolve_device(device)
+    check_device_available(device)
+    configs = []
+    for name in resolve_backbones(backbones):
+        cls = BACKBONES.get(name)
+        if variant is not None and variant not in cls.variants:
+            raise UnknownNameError(f"variant of backbone '{name}'", variant, cls.variants)
+        configs.append(validate(BackboneConfig, {"name": name, "variant": variant or cls.default_variant,
+                                                 "weights": weights, "device": device, "dtype": dtype}, "profile"))
+    for cfg in configs:  # absent weights: one line naming them now, not a failed child per batch size
+        BACKBONES.get(cfg.name).weights_fingerprint(cfg)
+    return configs, why

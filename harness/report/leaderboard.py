@@ -4,7 +4,7 @@ Rows are backbones (variant and weights kind included, random-init rows marked; 
 Vermouth's `t`/`stages` included where they vary); columns are task.version/dataset/protocol setting/metric,
 so results of different task versions never share a column; repeats over seeds become mean ± std
 (population std, as CoOp's `parse_test_res.py` reports; blank for one seed) with their count. Per column, the
-best backbone is marked and every other one is tested against it over the seeds both ran (`harness.stats`):
+best backbone is marked and every other one is tested against it over the seeds both ran (`harness.report.stats`):
 † = the gap is not larger than the seed spread.
 
 Layout (to read at a glance): a summary first — a row per backbone, a column per task version (its primary
@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.api import ItemSE
-from harness.stats import ALPHA, compare_with_best
-from harness.tracking import N_ITEMS, SE_BINOMIAL, SE_ITEMS, Tracker
+from harness.report.stats import ALPHA, compare_with_best
+from harness.track.tracking import N_ITEMS, SE_BINOMIAL, SE_ITEMS
 
 LONG_COLUMNS = ["backbone", "task", "task_version", "dataset", "setting", "metric", "mean", "std", "n"]
-# Appended for the regression gate (`harness.compare`): test items per seed, the item SE of the row's mean,
+# Appended for the regression gate (`harness.report.compare`): test items per seed, the item SE of the row's mean,
 # and the per-seed values (`1:48.6111;2:47.2222`) for pairing seeds. Blank where unknown / for averages.
 ITEM_COLUMNS = ["n_items", "se_items", "seed_values"]
 CSV_COLUMNS = LONG_COLUMNS + ITEM_COLUMNS
@@ -76,7 +76,7 @@ def _option(value) -> str | None:
 
 
 def _item_se(run: pd.Series, metric: str) -> tuple[float, float, bool]:
-    """(item SE, test items, binomial?) of one metric of a run, from `harness.tracking`'s metric names;
+    """(item SE, test items, binomial?) of one metric of a run, from `harness.track.tracking`'s metric names;
     NaN where the run does not carry them (older runs, tasks without an item SE)."""
     def number(name: str) -> float:
         value = run.get(f"metrics.{metric}.{name}")
@@ -865,25 +865,3 @@ def leaderboard_markdown(lb: Leaderboard, profiles: pd.DataFrame | None = None) 
 def printed_leaderboard(lb: Leaderboard, profiles: pd.DataFrame | None = None) -> str:
     """What the CLI prints after a run: summary and primary-metric tables, no line wider than PRINT_WIDTH."""
     return _board_markdown(lb, profiles, printed=True)
-
-
-def compile_leaderboard(suite: str, out_dir: Path | None = Path("leaderboards"), html: bool = True) -> pd.DataFrame:
-    """Read the suite's runs back from MLflow and write `<out_dir>/<suite>.md`, `.csv` and `.html`."""
-    lb = build_leaderboard(suite, Tracker(suite).job_runs())
-    if out_dir is not None:
-        write_leaderboard(lb, Path(out_dir), html=html)
-    return lb.long
-
-
-def write_leaderboard(lb: Leaderboard, out_dir: Path, html: bool = True) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / f"{lb.suite}.md", out_dir / f"{lb.suite}.csv"]
-    lb.long.to_csv(written[1], index=False, float_format="%.4f")
-    profiles = read_profiles(out_dir)
-    written[0].write_text(leaderboard_markdown(lb, profiles))
-    if html:
-        from harness.leaderboard_html import render_html
-
-        written.append(out_dir / f"{lb.suite}.html")
-        written[2].write_text(render_html(lb, profiles), encoding="utf-8")
-    return written

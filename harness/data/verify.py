@@ -9,7 +9,7 @@ exist and still be unusable; the deep check finds those before a run spends hour
   fails (a truncated file: `ImageFile.LOAD_TRUNCATED_IMAGES` stays False and `load()` decodes every pixel);
   for segmentation sets also a label map whose size differs from its image's;
 - **oversized**: more than `MAX_PIXELS` pixels, read from the header without decoding a pixel. The limit is
-  Pillow's default decompression-bomb limit, the one `harness.images.open_rgb` enforces during a run, so
+  Pillow's default decompression-bomb limit, the one `harness.data.images.open_rgb` enforces during a run, so
   a file the deep check passes is one a run can decode;
 - **out-of-tree**: a path or symlink that resolves outside the dataset's folder to something that is not a
   decodable image (a link to /etc/passwd, a device, a FIFO: those are never opened, they would block or
@@ -111,7 +111,7 @@ def _decode(path: str, st: os.stat_result) -> tuple[str | None, str, tuple[int, 
     """Header, size limit and a full decode of one regular file."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
-    from harness.images import to_rgb
+    from harness.data.images import to_rgb
 
     if st.st_size == 0:
         return "empty", "0 bytes", None
@@ -165,9 +165,9 @@ def _chunks(items: Sequence[str], n: int) -> Iterator[list[str]]:
 
 
 def deep_verify(ds: Dataset, workers: int | None = None) -> DeepReport:
-    """Decode every image of `ds` in `workers` processes (default: `harness.inputs.default_workers()`;
+    """Decode every image of `ds` in `workers` processes (default: `harness.data.inputs.default_workers()`;
     0 = in this process) and classify the bad ones."""
-    from harness.inputs import default_workers
+    from harness.data.inputs import default_workers
 
     files, pairs = dataset_files(ds)
     root_real = os.path.realpath(ds.root)

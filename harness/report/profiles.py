@@ -70,3 +70,11 @@ def render_profiles(profiles: pd.DataFrame, accuracy: pd.DataFrame, suite: str) 
         parts += [f"## Accuracy (suite `{suite}`) beside cost\n",
                   pd.DataFrame(joined).to_markdown(index=False, floatfmt=".3g"), ""]
     return "\n".join(parts)
+
+
+def write_profiles(rows: list[dict], out_dir: Path, suite: str) -> str:
+    """Merge `rows` into `<out_dir>/profiles.csv`, write `profiles.md` (joined with the suite's accuracy); its text."""
+    table = update_profiles(rows, out_dir)
+    text = render_profiles(table, accuracy_by_backbone(Path(out_dir) / f"{suite}.csv"), suite)
+    (Path(out_dir) / "profiles.md").write_text(text)
+    return text

@@ -2,7 +2,7 @@
 
 The dataset's images are listed once (every split, each image content once), cut into contiguous shards,
 and each worker builds the backbone and writes its shard's features into the content-addressed
-`FeatureCache` through the same functions a job uses (`harness.features.lookup` / `compute_missing`).
+`FeatureCache` through the same functions a job uses (`harness.data.features.lookup` / `compute_missing`).
 There is no merge step: the cache is the merge, and a later `harness run` reads every image as a hit.
 
 Why the result is bit-identical to one worker's:
@@ -23,7 +23,7 @@ Why the result is bit-identical to one worker's:
   running the same command again extracts just what is missing.
 
 Workers are spawned processes (`executor="processes"`; a single shard runs in the calling process) or Ray
-tasks (`executor="ray"`, the optional extra, connected through `harness.ray_support.init_ray`).
+tasks (`executor="ray"`, the optional extra, connected through `harness.run.ray_support.init_ray`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def unique_images(dataset: ClassificationDataset, items: Sequence[ImageItem], th
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from harness.weights import file_sha256
+    from harness.data.weights import file_sha256
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # I/O and hashlib release the GIL
         shas = list(pool.map(lambda it: file_sha256(dataset.image_path(it)), items))
@@ -146,10 +146,10 @@ def run_shard(shard: Shard) -> ShardResult:
     """Build the backbone and write every missing feature of the shard into the cache (runs in a worker)."""
     import torch
 
-    from harness.cache import FeatureCache
-    from harness.executor import build_backbone
-    from harness.features import batched, compute_missing, lookup
-    from harness.planner import open_dataset
+    from harness.data.cache import FeatureCache
+    from harness.data.features import batched, compute_missing, lookup
+    from harness.plan.planner import open_dataset
+    from harness.run.executor import build_backbone
 
     start = time.perf_counter()
     dataset = open_dataset(shard.dataset, generate=False)  # a data problem shows before a model is loaded
@@ -287,7 +287,7 @@ def extract_dataset(config: BackboneConfig, dataset_name: str, kinds: Sequence[s
     Raises HarnessError naming the failed shards if any failed; what the others wrote is kept.
     """
     from harness.catalog import BACKBONES
-    from harness.planner import open_dataset
+    from harness.plan.planner import open_dataset
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
@@ -332,7 +332,7 @@ def extract_dataset(config: BackboneConfig, dataset_name: str, kinds: Sequence[s
 
 def _connect(address: str | None) -> tuple[Any, bool]:
     """Ray, connected through `init_ray`, and whether this call did the connecting (so it also disconnects)."""
-    from harness.ray_support import init_ray, require_ray
+    from harness.run.ray_support import init_ray, require_ray
 
     started = not require_ray().is_initialized()
     return init_ray(address), started
@@ -363,7 +363,7 @@ def _one_namespace_per_kind(results: list[ShardResult]) -> dict[str, str]:
 
 def suite_for_dataset(dataset_name: str) -> str:
     """The first built-in suite that lists the dataset (`mini` for the embedded ones, `all` for the real)."""
-    from harness.suites import builtin_suites, load_suite
+    from harness.plan.suites import builtin_suites, load_suite
 
     for name in builtin_suites():
         if any(dataset_name in e.datasets for e in load_suite(name).entries):
@@ -379,8 +379,8 @@ def backbone_configs(backbones: list[str], suite: str, variant: str | None = Non
     one per backbone, backbone-grid point and suite entry that lists `dataset` (each task has its own preset;
     every entry when no dataset is given), so the cache namespaces are the ones the run will read."""
     from harness.config import RunConfig, validate
-    from harness.planner import backbone_config, backbone_option_points, resolve_backbones
-    from harness.suites import load_suite
+    from harness.plan.planner import backbone_config, backbone_option_points, resolve_backbones
+    from harness.plan.suites import load_suite
 
     spec = load_suite(suite)
     run = validate(RunConfig, {"suite": spec.name, "backbones": backbones, "variant": variant, "weights": weights,

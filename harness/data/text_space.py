@@ -12,9 +12,9 @@ import functools
 import io
 from collections.abc import Sequence
 
-from harness.cache import write_cache_file
 from harness.catalog import BACKBONES
 from harness.config import BackboneConfig
+from harness.data.cache import write_cache_file
 from harness.errors import ConfigError
 from harness.io import canonical_json, sha256_text
 from harness.paths import cache_root

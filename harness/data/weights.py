@@ -61,8 +61,8 @@ def hf_offline() -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered across runs by (path, size, mtime) (`harness.hashindex`)."""
-    from harness.hashindex import file_sha256_cached
+    """sha256 of a file, remembered across runs by (path, size, mtime) (`harness.data.hashindex`)."""
+    from harness.data.hashindex import file_sha256_cached
 
     return file_sha256_cached(path)
 

@@ -1,7 +1,7 @@
 """`leaderboards/<suite>.html`: one self-contained page (inline CSS and JS, charts as embedded PNGs).
 
 Results first: the summary (a column per task, mean rank, cost), then a sortable table per task version with
-the best cell per column and the †-marks of `harness.stats` (short column codes, what they stand for under
+the best cell per column and the †-marks of `harness.report.stats` (short column codes, what they stand for under
 them); then per-task bar charts (the same codes on the x axis), accuracy against cost (latency per image from
 `profiles.csv`, Pareto front marked) and, for backbones run over a grid of options (Vermouth's `t` × `stages`),
 a heatmap per task; the provenance last, folded. Nothing on the page loads from the network.
@@ -17,7 +17,7 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from harness.leaderboard import (
+from harness.report.leaderboard import (
     LEGEND,
     TIED_MARK,
     VERSIONS_NOTE,

@@ -27,7 +27,7 @@ a file (HARNESS_HOME pointing at a file), where records could not be kept either
 before MLflow (and its retry loop) is handed the URI.
 
 Several processes may share one store: experiment creation tolerates the race, a job key is logged
-at most once (a FINISHED run for it is looked up under a per-key claim, see harness.locks), and a
+at most once (a FINISHED run for it is looked up under a per-key claim, see harness.data.locks), and a
 parent run left RUNNING by a killed process of this host is closed as KILLED by the next invocation,
 with the job runs it left RUNNING under it.
 """
@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from harness import __version__, locks
+from harness import __version__
+from harness.data import locks
 from harness.errors import HarnessError, warn
 from harness.paths import harness_home
 
@@ -508,7 +509,7 @@ class Tracker:
         """
         from mlflow.entities import Metric, Param, RunStatus
 
-        from harness.records import git_commit
+        from harness.track.records import git_commit
 
         run_id = None
         if not self.offline:
@@ -663,7 +664,7 @@ class Tracker:
     def log_job(self, record: dict[str, Any], artifacts: dict[str, Path] | None = None) -> str | None:
         """A nested run holding the record's params, metrics, tags and the record itself; its run id.
 
-        Logged at most once per job key: under a claim on the key (harness.locks), a FINISHED run of the
+        Logged at most once per job key: under a claim on the key (harness.data.locks), a FINISHED run of the
         key is looked up first, and when one exists (a concurrent run or `harness sync` logged it) nothing
         is logged and None is returned. The claim narrows, but across hosts sharing one server cannot
         close, the window between that look-up and the new run.
@@ -762,7 +763,7 @@ class Tracker:
 
 
 def log_claim_name(key: str) -> str:
-    """The harness.locks name under which job `key` is logged (a digest when the key is no valid name)."""
+    """The harness.data.locks name under which job `key` is logged (a digest when the key is no valid name)."""
     import hashlib
 
     name = f"mlflow-log-{key}"
@@ -918,7 +919,7 @@ def runs_from_records(suite: str, root: Path | None = None):  # -> pandas.DataFr
     """
     import pandas as pd
 
-    from harness.records import RecordStore, unreadable_note
+    from harness.track.records import RecordStore, unreadable_note
 
     store = RecordStore(root)
     rows = []

@@ -1,6 +1,6 @@
 """Executors: run planned jobs, skipping finished keys, with progress bars.
 
-`LocalExecutor` evaluates jobs one by one in this process; `harness.ray_executor.RayExecutor` evaluates
+`LocalExecutor` evaluates jobs one by one in this process; `harness.run.ray_executor.RayExecutor` evaluates
 them as Ray tasks. Both share `Executor.run`, so whatever computes a job, this process writes its record
 and logs it the same way.
 
@@ -31,12 +31,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from harness.api import Backbone, JobContext
 from harness.catalog import BACKBONES, TASKS
 from harness.config import BackboneConfig
-from harness.errors import ConfigError, UnknownNameError
-from harness.locks import Claim, claim, holder
-from harness.memory import mark_peak, peak_rss_mb
-from harness.planner import Job, open_dataset
-from harness.records import SCHEMA_VERSION, RecordStore, environment, now_iso
-from harness.tracking import Tracker, TrackerUnavailable, scratch_dir, warn
+from harness.data.locks import Claim, claim, holder
+from harness.data.memory import mark_peak, peak_rss_mb
+from harness.plan.planner import Job, open_dataset
+from harness.track.records import SCHEMA_VERSION, RecordStore, environment, now_iso
+from harness.track.tracking import Tracker, TrackerUnavailable, scratch_dir, warn
 
 
 @dataclass
@@ -119,7 +118,7 @@ WAIT_POLL_S = 2.0  # how often a process waiting for another's jobs looks again
 
 
 def job_lock_name(key: str) -> str:
-    """The claim a job's key is computed under (`harness.locks`)."""
+    """The claim a job's key is computed under (`harness.data.locks`)."""
     return f"job-{key}"
 
 
@@ -181,7 +180,7 @@ class Executor(abc.ABC):
         """Skip (and re-log when MLflow lacks them) finished keys, evaluate the rest, record and log each one.
 
         A key listed twice is evaluated once; its second listing counts as skipped. Each job's key is claimed
-        (`harness.locks`) right before it is computed, so processes sharing a store split the work: a key
+        (`harness.data.locks`) right before it is computed, so processes sharing a store split the work: a key
         another live process holds is left to it, and waited for at the end (taken over if its holder dies).
         """
         summary = RunSummary()
@@ -292,19 +291,3 @@ class LocalExecutor(Executor):
             evaluated += 1
         progress.progress.remove_task(batch_bar)
         return evaluated
-
-
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(name: str = "local", address: str | None = None) -> Executor:
-    """The executor `harness run --executor NAME [--address ADDRESS]` asks for; Ray is imported only for `ray`."""
-    if name == "local":
-        if address:
-            raise ConfigError("--address is the Ray cluster to run on: it needs --executor ray")
-        return LocalExecutor()
-    if name == "ray":
-        from harness.ray_executor import RayExecutor
-
-        return RayExecutor(address)
-    raise UnknownNameError("executor", name, EXECUTORS)

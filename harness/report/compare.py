@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import ConfigError
-from harness.leaderboard import higher_is_better
-from harness.stats import paired_diffs
+from harness.report.leaderboard import higher_is_better
+from harness.report.stats import paired_diffs
 
 KEYS = ["backbone", "task", "task_version", "dataset", "setting", "metric"]
 # Absent from CSVs written before the gate used them.

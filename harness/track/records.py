@@ -36,7 +36,7 @@ PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "diffusers", "tra
 @functools.cache
 def git_commit() -> str:
     """The commit of the harness source tree, with `+dirty` when it has local changes."""
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()

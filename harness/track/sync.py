@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
-from harness.records import MovedRecord, RecordStore
-from harness.tracking import Tracker, TrackerUnavailable
+from harness.track.records import MovedRecord, RecordStore
+from harness.track.tracking import Tracker, TrackerUnavailable
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 A `FeatureSet` names the images; it holds no features. Heads read it two ways:
 - `batches()`: consecutive rows in item order, for the test, val, query and gallery splits that flow
-  backbone → head → metric state. Misses are computed through the input pipeline (`harness.inputs`, decode in
+  backbone → head → metric state. Misses are computed through the input pipeline (`harness.data.inputs`, decode in
   worker processes overlapping the model) in fixed batches of the missing items.
 - `rows(index)`: any rows, for a trainer's shuffled mini-batches over the training set.
 
-Where features come from, per image: the persistent store (`harness.cache`, content-addressed by the image
-file's sha256, remembered per file by `harness.hashindex`), else the backbone. A set is stored when it fits
+Where features come from, per image: the persistent store (`harness.data.cache`, content-addressed by the image
+file's sha256, remembered per file by `harness.data.hashindex`), else the backbone. A set is stored when it fits
 in half the store's budget (`worth_storing`): `prepare()` then extracts its misses once and the trainer reads
 mini-batches back memory-mapped ("stored"). A training set that cannot fit is recomputed mini-batch by
 mini-batch as the method's own code does ("recomputed"); a split that is only read once is computed as it
@@ -15,7 +15,7 @@ streams ("streamed"). Whatever the mode, a head sees the same values: features r
 and returned as float32. (On the CPU, a batch-dependent backbone in fp32 gives last-bit differences between
 a feature computed in its extraction batch and one recomputed in a trainer's mini-batch; fp64 suites do not.)
 
-`lookup` and `compute_missing` are the path `harness.parallel_extract` uses, so a prewarmed entry is exactly
+`lookup` and `compute_missing` are the path `harness.run.parallel_extract` uses, so a prewarmed entry is exactly
 what a job would have written.
 """
 
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from harness.api import Backbone, ClassificationDataset, ImageItem, JobContext
-from harness.cache import FeatureCache, Payload, round_to_store, worth_storing
-from harness.weights import file_sha256
+from harness.data.cache import FeatureCache, Payload, round_to_store, worth_storing
+from harness.data.weights import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -84,7 +84,7 @@ def compute_missing(backbone: Backbone, dataset: ClassificationDataset, batches:
     (a batch of 8 and one of 24 give last-bit differences for Vermouth on the CPU): the same batches give
     the same bits. Entries are written one by one, atomically, so an interrupted pass leaves whole entries.
     """
-    from harness.inputs import preprocessed_batches
+    from harness.data.inputs import preprocessed_batches
 
     item_batches = [[it for it, _ in chunk] for chunk in batches]
     for b, (chunk, pixels) in enumerate(zip(batches, preprocessed_batches(backbone, dataset, item_batches),

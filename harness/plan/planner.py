@@ -21,7 +21,7 @@ from harness.config import BackboneConfig, RunConfig, SuiteEntry, SuiteSpec, val
 from harness.errors import ConfigError, HarnessError, UnknownNameError, WeightsMissingError
 from harness.io import canonical_json, sha256_text
 from harness.paths import data_root
-from harness.suites import split_limit
+from harness.plan.suites import split_limit
 
 
 class Job(StrictModel):
@@ -304,7 +304,7 @@ def _weights_fingerprint(cls: Any, cfg: BackboneConfig, needed_by: str, result: 
 
 def _check_text_space(spec: str, result: Plan) -> None:
     """A row in `missing_weights` when the weights of text space `spec` (`<backbone>:<variant>`) are absent."""
-    from harness.text_space import parse_text_space
+    from harness.data.text_space import parse_text_space
 
     try:
         name, variant = parse_text_space(spec)

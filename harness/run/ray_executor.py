@@ -29,9 +29,9 @@ from typing import Any
 from harness.api import Backbone
 from harness.config import BackboneConfig
 from harness.errors import ConfigError, HarnessError
-from harness.executor import Claim_, Executor, JobDone, JobProgress, build_backbone, run_job
-from harness.planner import Job
-from harness.ray_support import init_ray, require_ray
+from harness.plan.planner import Job
+from harness.run.executor import Claim_, Executor, JobDone, JobProgress, build_backbone, run_job
+from harness.run.ray_support import init_ray, require_ray
 
 MAX_RETRIES = 3  # a worker lost (killed, node gone, OOM-killed) is retried this often
 FAULT_ENV = "HARNESS_RAY_FAULT_ONCE"

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.config import SuiteSpec, load_model
 from harness.errors import ConfigError, UnknownNameError
 
-BUILTIN_DIR = Path(__file__).parent / "suites"
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "suites"  # harness/suites/*.yaml (package data)
 
 
 def builtin_suites() -> dict[str, Path]:

@@ -29,7 +29,7 @@ from harness.catalog import BACKBONES, DATASETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.config import BackboneConfig
-    from harness.planner import Job, Plan
+    from harness.plan.planner import Job, Plan
 
 STORE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}  # bytes per stored value, by store dtype (fp16 by default)
 MAX_VAL_SHOTS = 4  # the few-shot val draws min(K, 4) per class (tasks/fsc/sampling.py, VAL_SHOTS_MAX)
@@ -198,14 +198,14 @@ class _Backbone:
             if self.why_uncached is None:
                 try:
                     backbone = self.cls(self.cfg)
-                    from harness import features
+                    from harness.data import features
 
                     make = getattr(features, "feature_cache", None)
                     for kind in ("global", "dense"):
                         if make is not None:
                             self._caches[kind] = make(backbone, kind)
                         else:
-                            from harness.cache import FeatureCache
+                            from harness.data.cache import FeatureCache
 
                             self._caches[kind] = FeatureCache(backbone.fingerprint(), kind)
                 except Exception as exc:  # a backbone that cannot be built here must not stop a dry run...
@@ -251,7 +251,7 @@ class _Data:
 
     def dataset(self, name: str) -> Any:
         if name not in self._open:
-            from harness.planner import open_dataset
+            from harness.plan.planner import open_dataset
 
             ds = open_dataset(name, generate=False)
             self._open[name] = ds if ds.is_present() else None
@@ -327,7 +327,7 @@ def estimate(the_plan: Plan, jobs: list[Job], out_dir: Path, resume: bool = True
     """The cost of `jobs` (the plan's jobs after --shard) that are not finished yet (with `resume`), plus every
     protocol point whose data is missing (unless `skip_missing`), for every backbone config of the plan."""
     from harness.io import canonical_json
-    from harness.records import RecordStore
+    from harness.track.records import RecordStore
 
     store = RecordStore()
     todo = [j for j in jobs if not (resume and store.exists(j.key))]
@@ -392,9 +392,9 @@ def _uncached(paths: list[str], cache: Any) -> set[str]:
     from concurrent.futures import ThreadPoolExecutor
 
     try:
-        from harness.hashindex import file_sha256_cached as sha256
+        from harness.data.hashindex import file_sha256_cached as sha256
     except ImportError:  # pragma: no cover - the index is optional
-        from harness.weights import file_sha256 as sha256
+        from harness.data.weights import file_sha256 as sha256
     contains = getattr(cache, "contains", None) or (lambda sha: cache.path(sha).is_file())
     unique = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O and hashlib release the GIL
