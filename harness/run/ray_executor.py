@@ -31,7 +31,7 @@ from harness.config import BackboneConfig
 from harness.errors import ConfigError, HarnessError
 from harness.plan.planner import Job
 from harness.run.executor import Claim_, Executor, JobDone, JobProgress, build_backbone, run_job
-from harness.run.ray_support import init_ray, require_ray
+from harness.run.ray_support import init_ray, require_cluster_gpu, require_ray
 
 MAX_RETRIES = 3  # a worker lost (killed, node gone, OOM-killed) is retried this often
 FAULT_ENV = "HARNESS_RAY_FAULT_ONCE"
@@ -122,10 +122,17 @@ class RayExecutor(Executor):
         self._started = False
 
     def preflight(self, jobs: list[Job]) -> None:
-        """Also, before any work: every job asks for resources Ray can give it (no `cuda:N`)."""
-        for job in jobs:
-            gpus_for(job)
+        """Also, before any work: every job asks for resources Ray can give it (no `cuda:N`), and CUDA jobs find
+        a GPU in the cluster: found now, before an MLflow run is opened, not by tasks waiting forever."""
+        gpus = [gpus_for(job) for job in jobs]
         super().preflight(jobs)
+        if any(gpus):
+            self._connect()
+            try:
+                require_cluster_gpu(self.ray, "jobs")
+            except HarnessError:
+                self.__exit__(None, None, None)  # a local instance it started does not outlive the command
+                raise
 
     def __exit__(self, *exc: object) -> None:
         if self._started:
@@ -134,7 +141,7 @@ class RayExecutor(Executor):
 
     def _connect(self) -> None:
         if not self.ray.is_initialized():
-            init_ray(self.address)
+            self.ray = init_ray(self.address)
             self._started = True
 
     def _run_jobs(self, jobs: list[Job], done: JobDone, progress: JobProgress, take: Claim_) -> int:
@@ -146,8 +153,8 @@ class RayExecutor(Executor):
         gpus = {job.key: gpus_for(job) for job in jobs}
         self._connect()
         ray = self.ray
-        if any(gpus.values()) and ray.cluster_resources().get("GPU", 0) < 1:
-            raise HarnessError("jobs on CUDA need a GPU, and the Ray cluster has none")
+        if any(gpus.values()):
+            require_cluster_gpu(ray, "jobs")
         task = ray.remote(evaluate)
         threads = torch.get_num_threads()
         cpus = self.cpus_per_job or min(threads, _largest_node_cpus(ray))

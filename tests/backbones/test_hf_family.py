@@ -18,6 +18,9 @@ from transformers import (
     CLIPVisionModel,
     Dinov2Config,
     Dinov2Model,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
     SwinConfig,
     SwinModel,
 )
@@ -48,13 +51,26 @@ def tiny_clip_vision(folder: Path) -> CLIPVisionModel:
     return model
 
 
+def tiny_siglip_vision(folder: Path) -> SiglipVisionModel:
+    torch.manual_seed(5)
+    model = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=64, image_size=32, patch_size=8)).eval()
+    model.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
 def built(folder: Path, **kw):
     cls = BACKBONES.get(f"hf:{folder}")
     return cls(backbone_cfg(cls.name, variant="default", **kw))
 
 
-@pytest.mark.parametrize(("save", "side"), [(tiny_dinov2, 56), (tiny_clip_vision, 32)], ids=["dinov2", "clip-vision"])
-def test_a_saved_model_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path, save, side):
+# side: the processor's output size; prefix: tokens before the patch tokens (a class token; SigLIP has none).
+@pytest.mark.parametrize(("save", "side", "prefix"), [(tiny_dinov2, 56, 1), (tiny_clip_vision, 32, 1),
+                                                      (tiny_siglip_vision, 32, 0)],
+                         ids=["dinov2", "clip-vision", "siglip-vision"])
+def test_a_saved_model_runs_the_mini_fsc_entry_through_the_cli_and_matches_transformers(tmp_path, save, side,
+                                                                                        prefix):
     folder = tmp_path / "model"
     model = save(folder)
     proc = harness_cli(["run", "-b", f"hf:{folder}", "--suite", str(fsc_slice(tmp_path / "s.yaml", "hffsc")),
@@ -68,10 +84,11 @@ def test_a_saved_model_runs_the_mini_fsc_entry_through_the_cli_and_matches_trans
     with torch.inference_mode():
         out = model(pixel_values=x)
     feats = bb.image_features(x, kinds=("global", "dense"))
-    # DINOv2: the normed class token; CLIP's vision tower: its post-layernorm class token.
+    # DINOv2: the normed class token; CLIP's vision tower: its post-layernorm class token; SigLIP: its attention pool.
     torch.testing.assert_close(feats.global_, out.pooler_output, atol=1e-5, rtol=0)
     grid = side // model.config.patch_size
-    patches = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(3, 32, grid, grid)
+    assert out.last_hidden_state.shape[1] == prefix + grid * grid
+    patches = out.last_hidden_state[:, prefix:].transpose(1, 2).reshape(3, 32, grid, grid)
     torch.testing.assert_close(feats.dense["last"], patches, atol=1e-5, rtol=0)
 
 

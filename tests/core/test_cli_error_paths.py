@@ -119,6 +119,19 @@ def test_cuda_extraction_on_a_ray_cluster_without_gpus_is_one_line_not_a_hang(is
     assert not files_under(isolated_env / "cache")
 
 
+def test_cuda_jobs_on_a_ray_cluster_without_gpus_stop_before_mlflow_or_any_job(isolated_env, capsys, monkeypatch):
+    import harness.run.ray_executor
+
+    fake = _RayWithoutGpus()
+    monkeypatch.setattr(harness.run.ray_executor, "init_ray", lambda address=None, num_cpus=None: fake)
+    code, lines, _ = cli(capsys, "run", "-b", "resnet", "--suite", "mini", "--device", "cuda", "--executor", "ray")
+    one_error_line(code, lines, "jobs on CUDA need a GPU, and the Ray cluster has none", "--device cpu")
+    assert fake.shut_down
+    home = isolated_env / "home"
+    assert not (home / "mlflow.db").exists() or "harness-mini" not in experiments(home)  # no MLflow run opened
+    assert not files_under(home / "records")
+
+
 # -- 2. a missing extra: its brackets survive ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [
