@@ -23,8 +23,8 @@ from harness.report.leaderboard import (
     summary,
     summary_frame,
     task_scores,
-    write_leaderboard,
 )
+from harness.report.publish import write_leaderboard
 
 
 def run(i: int, backbone: str, task: str, version: str, dataset: str, setting: str, seed: int, metric: str,
