@@ -825,10 +825,9 @@ def readable_weights(record: dict[str, Any]) -> str:
 
 
 # Training curves of a record (`details` keys), logged as one metric with a step per value: the MLflow key, and
-# how a value's index becomes its step: "epoch" (step = epochs done, 1..N), or "iteration" (the values are every
-# `stride`-th iteration of `protocol.iterations`, as OVSS keeps them: step = iterations done).
-CURVES = {"loss_per_epoch": ("train.loss", "epoch"), "train_losses": ("train.loss", "iteration")}
-CURVE_POINTS = 50  # OVSS keeps `losses[::max(1, iterations // 50)]` (tasks/ovss/task.py)
+# the `details` key that says every how many iterations a value was kept (None: one value per epoch, step =
+# epochs done, 1..N; else step = iterations done, as OVSS keeps its curve with `train_loss_every`).
+CURVES = {"loss_per_epoch": ("train.loss", None), "train_losses": ("train.loss", "train_loss_every")}
 
 
 def _number(value: Any) -> float | None:
@@ -844,18 +843,15 @@ def curve_points(record: dict[str, Any]) -> list[tuple[str, float, int]]:
     """Every training curve of the record as (key, value, step)."""
     details = record.get("details") or {}
     out: list[tuple[str, float, int]] = []
-    for name, (key, unit) in CURVES.items():
+    for name, (key, every_key) in CURVES.items():
         values = details.get(name)
         if not isinstance(values, list):
             continue
-        stride = 1
-        if unit == "iteration":
-            iterations = _number(record["protocol"].get("iterations"))
-            stride = max(1, int(iterations) // CURVE_POINTS) if iterations else 1
+        stride = int(_number(details.get(every_key)) or 1) if every_key else 1
         for i, value in enumerate(values):
             number = _number(value)
             if number is not None:
-                out.append((key, number, i + 1 if unit == "epoch" else i * stride + 1))
+                out.append((key, number, i * stride + 1))
     return out
 
 

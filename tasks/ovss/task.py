@@ -51,6 +51,7 @@ TRAIN_KEYS = ("seed", "train_dataset", "text_space", "templates", "crop_size", "
               "iterations", "batch_size", "lr", "weight_decay", "head_channels", "head_groups")
 MEMO_BYTES = 1 << 30  # cap of the in-memory feature memo for repeated (un-augmented) training views
 OVERLAY_IMAGES = 4
+LOSS_POINTS = 50  # the training curve a record keeps: about this many evenly spaced losses
 
 
 class OVSSProtocol(StrictModel):
@@ -344,9 +345,10 @@ def load_or_train_head(backbone: Backbone, train_ds, space, protocol: OVSSProtoc
     head.to(head_device(backbone))
     start = time.perf_counter()
     losses = train_head(head, backbone, train_ds, train_text, protocol, norm, ctx)
+    every = max(1, len(losses) // LOSS_POINTS)  # `train_losses[i]` is the loss after iteration i * every + 1
     meta = {"train_seconds": round(time.perf_counter() - start, 3), "train_final_loss": losses[-1],
-            "train_losses": losses[:: max(1, len(losses) // 50)], "train_images": len(ctx.limited(train_ds.items())),
-            "logit_scale": float(head.logit_scale.detach())}
+            "train_losses": losses[::every], "train_loss_every": every,
+            "train_images": len(ctx.limited(train_ds.items())), "logit_scale": float(head.logit_scale.detach())}
     buf = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in head.state_dict().items()}, "meta": meta}, buf)
     write_cache_file(path, buf.getvalue())

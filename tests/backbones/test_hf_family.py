@@ -42,22 +42,22 @@ def tiny_dinov2(folder: Path) -> Dinov2Model:
     return model
 
 
-def tiny_clip_vision(folder: Path) -> CLIPVisionModel:
-    torch.manual_seed(4)
-    model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                             intermediate_size=64, image_size=32, patch_size=8)).eval()
-    model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return model
+def tiny_vision_tower(model_cls, config_cls, processor, seed: int):
+    """A saver of a tiny CLIP-style vision tower (32 px, 8 px patches) and its image processor."""
+    def save(folder: Path):
+        torch.manual_seed(seed)
+        model = model_cls(config_cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, image_size=32, patch_size=8)).eval()
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        return model
+    return save
 
 
-def tiny_siglip_vision(folder: Path) -> SiglipVisionModel:
-    torch.manual_seed(5)
-    model = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=64, image_size=32, patch_size=8)).eval()
-    model.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return model
+tiny_clip_vision = tiny_vision_tower(CLIPVisionModel, CLIPVisionConfig, CLIPImageProcessor(
+    size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), seed=4)
+tiny_siglip_vision = tiny_vision_tower(SiglipVisionModel, SiglipVisionConfig, SiglipImageProcessor(
+    size={"height": 32, "width": 32}), seed=5)
 
 
 def built(folder: Path, **kw):

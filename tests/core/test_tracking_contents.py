@@ -53,6 +53,7 @@ def ovss_like(key: str = "k1", **changes) -> dict:
     return record(key, **{
         "protocol": {"seed": 2, "shots": 1, "iterations": 200},
         "details": {"loss_per_epoch": [3.0, 2.5, 2.25], "train_losses": [5.0 - i / 10 for i in range(50)],
+                    "train_loss_every": 4,
                     "train_seconds": 7.5, "test_seconds": 1.25, "head_reused": False},
         "timings": {"total_s": 10.0},
         "memory": {"peak_rss_mb": 512.5, "cuda_peak_allocated_mb": None, "rss_scope": "since_mark"},
